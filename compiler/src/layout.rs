@@ -1,0 +1,346 @@
+//! The ruleset layout: which tables, chains, sets and maps exist, and what each Service port
+//! contributes to them.
+//!
+//! The layout is built so the kernel loads it in linear time and a Service change touches only
+//! map elements (see README, "Ruleset layout"):
+//! - one verdict map per family, `service-ports-*`, keyed by `VIP . proto . port`, whose
+//!   elements jump to one of a few *shared* chains, `pick-*-N` (one per endpoint count N in
+//!   use, not one per Service: verdict elements that jump to many distinct chains are what loads
+//!   in quadratic time);
+//! - `pick-*-N` picks a slot with `numgen random mod N` and DNATs through one data map,
+//!   `endpoints-*`, keyed by `VIP . proto . port . slot`;
+//! - whatever reaches a cluster IP without having been DNATed is REJECTed (the port has no
+//!   ready endpoint, or the Service has no such port), and the rest of the service CIDR is
+//!   DROPped.
+
+use crate::node::NodeFacts;
+use ipnet::IpNet;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use svc_nft_ir::{
+    BaseChain, BinOp, Chain, ChainType, CtKey, CtState, Data, DataType, Element, Expr, Family,
+    Hook, MetaKey, Payload, Rule, Set, SetFlag, Stmt, Table, TypeSpec, Value, Verdict,
+};
+
+/// The packet-mark bit that asks nat-postrouting to masquerade (kube-proxy's bit).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+
+/// What one Service port on one cluster IP compiles from.
+#[derive(Clone, Debug)]
+pub struct ServicePort {
+    pub vip: IpAddr,
+    pub proto: svc_nft_ir::L4Proto,
+    pub port: u16,
+    /// `namespace/name[:port-name]`, carried into element comments.
+    pub label: String,
+    /// The endpoints to DNAT to, sorted and unique; empty means REJECT.
+    pub backends: Vec<(IpAddr, u16)>,
+}
+
+/// An IP family, with the names and expressions that differ between v4 and v6.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Ipf {
+    v6: bool,
+}
+
+const FAMILIES: [Ipf; 2] = [Ipf { v6: false }, Ipf { v6: true }];
+
+impl Ipf {
+    fn of(addr: &IpAddr) -> Ipf {
+        Ipf { v6: addr.is_ipv6() }
+    }
+
+    /// `name-v4` / `name-v6`.
+    fn name(self, base: &str) -> String {
+        format!("{base}-{}", if self.v6 { "v6" } else { "v4" })
+    }
+
+    fn saddr(self) -> Expr {
+        Expr::Payload(if self.v6 {
+            Payload::Ip6Saddr
+        } else {
+            Payload::IpSaddr
+        })
+    }
+
+    fn daddr(self) -> Expr {
+        Expr::Payload(if self.v6 {
+            Payload::Ip6Daddr
+        } else {
+            Payload::IpDaddr
+        })
+    }
+
+    fn addr_type(self) -> DataType {
+        if self.v6 {
+            DataType::Ipv6Addr
+        } else {
+            DataType::Ipv4Addr
+        }
+    }
+
+    fn nat_family(self) -> Family {
+        if self.v6 {
+            Family::Ip6
+        } else {
+            Family::Ip
+        }
+    }
+
+    /// Prefixes of this family, as interval-set elements.
+    fn prefixes<'a>(self, nets: &'a [IpNet]) -> impl Iterator<Item = Value> + 'a {
+        nets.iter()
+            .filter(move |n| matches!(n, IpNet::V6(_)) == self.v6)
+            .map(|n| Value::Prefix(n.trunc()))
+    }
+
+    /// `daddr . meta l4proto . th dport`: the key every Service lookup starts from.
+    fn service_key(self) -> Vec<Expr> {
+        vec![
+            self.daddr(),
+            Expr::Meta(MetaKey::L4Proto),
+            Expr::Payload(Payload::ThDport),
+        ]
+    }
+}
+
+fn addr(ip: &IpAddr) -> Value {
+    match ip {
+        IpAddr::V4(a) => Value::Ipv4(*a),
+        IpAddr::V6(a) => Value::Ipv6(*a),
+    }
+}
+
+fn element(data: Option<Data>) -> Element {
+    Element {
+        data,
+        comment: None,
+    }
+}
+
+fn base(kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
+    Chain::base(
+        BaseChain {
+            kind,
+            hook,
+            priority,
+        },
+        rules,
+    )
+}
+
+fn rule(stmts: Vec<Stmt>) -> Rule {
+    Rule::new(stmts)
+}
+
+fn jump(chain: &str) -> Stmt {
+    Stmt::Verdict(Verdict::Jump(chain.into()))
+}
+
+/// Build the table for these Service ports on this node. `notes` become comments above it.
+pub fn build(node: &NodeFacts, ports: &[ServicePort], notes: Vec<String>) -> Table {
+    let mut table = Table {
+        family: Family::Inet,
+        name: node.table.clone(),
+        notes,
+        ..Table::default()
+    };
+    for f in FAMILIES {
+        add_family_sets(&mut table, node, f);
+    }
+    let mut counts = BTreeSet::new();
+    for sp in ports {
+        add_service_port(&mut table, sp, &mut counts);
+    }
+    for (f, n) in counts {
+        table
+            .chains
+            .insert(f.name("pick") + &format!("-{n}"), pick_chain(node, f, n));
+    }
+    add_fixed_chains(&mut table);
+    table
+}
+
+/// Sets and maps every table has, empty or not, so that a Service change never has to
+/// create or delete one.
+fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
+    let addr = f.addr_type();
+    let intervals = |nets: &[IpNet]| {
+        let mut set = Set::set(TypeSpec::Type(vec![addr]));
+        set.flags = vec![SetFlag::Interval];
+        set.elements = f.prefixes(nets).map(|p| (vec![p], element(None))).collect();
+        set
+    };
+    let service_key = TypeSpec::Type(vec![addr, DataType::InetProto, DataType::InetService]);
+    let mut slot_key = f.service_key();
+    // The modulus in a `typeof` only types the slot; each pick chain uses its own.
+    slot_key.push(Expr::NumgenRandom(1));
+    let backend = TypeSpec::Typeof(vec![f.daddr(), Expr::Payload(Payload::ThDport)]);
+    let sets = [
+        ("cluster-ips", Set::set(TypeSpec::Type(vec![addr]))),
+        ("service-cidrs", intervals(&node.service_cidrs)),
+        ("cluster-cidrs", intervals(&node.cluster_cidrs)),
+        ("hairpin", Set::set(TypeSpec::Type(vec![addr, addr]))),
+        ("service-ports", Set::verdict_map(service_key)),
+        (
+            "endpoints",
+            Set::data_map(TypeSpec::Typeof(slot_key), backend),
+        ),
+    ];
+    for (name, set) in sets {
+        table.sets.insert(f.name(name), set);
+    }
+}
+
+fn add_service_port(table: &mut Table, sp: &ServicePort, counts: &mut BTreeSet<(Ipf, usize)>) {
+    let f = Ipf::of(&sp.vip);
+    let mut insert = |set: &str, key: Vec<Value>, elem: Element| {
+        let set = table.sets.get_mut(&f.name(set)).expect("created above");
+        set.elements.insert(key, elem);
+    };
+    insert("cluster-ips", vec![addr(&sp.vip)], element(None));
+    let n = sp.backends.len();
+    if n == 0 {
+        return; // not DNATed, so cluster-ips-check rejects it
+    }
+    let key = vec![addr(&sp.vip), Value::Proto(sp.proto), Value::Port(sp.port)];
+    let pick = Verdict::Goto(f.name("pick") + &format!("-{n}"));
+    let vmap_elem = Element {
+        data: Some(Data::Verdict(pick)),
+        comment: Some(sp.label.clone()),
+    };
+    insert("service-ports", key.clone(), vmap_elem);
+    counts.insert((f, n));
+    for (slot, (ip, port)) in sp.backends.iter().enumerate() {
+        let mut slot_key = key.clone();
+        slot_key.push(Value::Int(slot as u32));
+        let target = Data::Values(vec![addr(ip), Value::Port(*port)]);
+        insert("endpoints", slot_key, element(Some(target)));
+        // An endpoint that reaches itself through its Service must be masqueraded, or it would
+        // answer itself from the wrong address.
+        insert("hairpin", vec![addr(ip), addr(ip)], element(None));
+    }
+}
+
+/// The chain for Service ports of family `f` with `n` endpoints: mark off-cluster clients for
+/// masquerade, then DNAT to slot `random mod n`.
+fn pick_chain(node: &NodeFacts, f: Ipf, n: usize) -> Chain {
+    let mark = Stmt::MetaSet {
+        key: MetaKey::Mark,
+        value: Expr::Bitwise(
+            Box::new(Expr::Meta(MetaKey::Mark)),
+            BinOp::Or,
+            MASQUERADE_MARK,
+        ),
+    };
+    let has_cluster_cidr = f.prefixes(&node.cluster_cidrs).next().is_some();
+    let mut rules = Vec::new();
+    if node.masquerade_all {
+        rules.push(rule(vec![mark]));
+    } else if has_cluster_cidr {
+        let off_cluster = Stmt::differs(f.saddr(), Expr::SetRef(f.name("cluster-cidrs")));
+        rules.push(rule(vec![off_cluster, mark]));
+    }
+    let mut key = f.service_key();
+    key.push(Expr::NumgenRandom(n as u32));
+    rules.push(rule(vec![Stmt::DnatMap {
+        family: f.nat_family(),
+        key: Expr::Concat(key),
+        map: f.name("endpoints"),
+    }]));
+    Chain::regular(rules)
+}
+
+/// Hooks and the chains that do not depend on the Services.
+fn add_fixed_chains(table: &mut Table) {
+    use ChainType::{Filter, Nat};
+    let ct_new = || {
+        Stmt::matches(
+            Expr::Ct(CtKey::State),
+            Expr::Value(Value::CtState(CtState::New)),
+        )
+    };
+    let mark = || Expr::Meta(MetaKey::Mark);
+    let mut services = Vec::new();
+    let mut check = Vec::new();
+    let mut postrouting = Vec::new();
+    for f in FAMILIES {
+        services.push(rule(vec![Stmt::Vmap {
+            key: Expr::Concat(f.service_key()),
+            map: f.name("service-ports"),
+        }]));
+        let to = |set: &str| Stmt::matches(f.daddr(), Expr::SetRef(f.name(set)));
+        check.push(
+            rule(vec![to("cluster-ips"), Stmt::Reject])
+                .with_comment("cluster IP, but no endpoint for this port"),
+        );
+        check.push(
+            rule(vec![to("service-cidrs"), Stmt::Verdict(Verdict::Drop)])
+                .with_comment("service CIDR address no Service owns"),
+        );
+        let pair = Expr::Concat(vec![f.saddr(), f.daddr()]);
+        postrouting.push(
+            rule(vec![
+                Stmt::matches(Expr::Ct(CtKey::Status), Expr::Value(Value::CtStatusDnat)),
+                Stmt::matches(pair, Expr::SetRef(f.name("hairpin"))),
+                Stmt::Masquerade,
+            ])
+            .with_comment("hairpin: an endpoint reached itself"),
+        );
+    }
+    let marked = Expr::Bitwise(Box::new(mark()), BinOp::And, MASQUERADE_MARK);
+    postrouting.extend([
+        rule(vec![
+            Stmt::matches(marked, Expr::Value(Value::Bits(0))),
+            Stmt::Verdict(Verdict::Return),
+        ]),
+        rule(vec![Stmt::MetaSet {
+            key: MetaKey::Mark,
+            value: Expr::Bitwise(Box::new(mark()), BinOp::Xor, MASQUERADE_MARK),
+        }]),
+        rule(vec![Stmt::Masquerade]),
+    ]);
+    let check_new = || vec![rule(vec![ct_new(), jump("cluster-ips-check")])];
+    let chains = [
+        ("services", Chain::regular(services)),
+        ("cluster-ips-check", Chain::regular(check)),
+        (
+            "nat-prerouting",
+            base(
+                Nat,
+                Hook::Prerouting,
+                -100,
+                vec![rule(vec![jump("services")])],
+            ),
+        ),
+        (
+            "nat-output",
+            base(Nat, Hook::Output, -100, vec![rule(vec![jump("services")])]),
+        ),
+        (
+            "nat-postrouting",
+            base(Nat, Hook::Postrouting, 100, postrouting),
+        ),
+        // After DNAT (-100): what still heads for a cluster IP was not DNATed.
+        (
+            "filter-prerouting",
+            base(Filter, Hook::Prerouting, -90, check_new()),
+        ),
+        (
+            "filter-output",
+            base(Filter, Hook::Output, -90, check_new()),
+        ),
+    ];
+    for (name, chain) in chains {
+        table.chains.insert(name.to_string(), chain);
+    }
+}
+
+/// Sorted, de-duplicated backends: the slot order of the endpoints map.
+pub fn sorted(backends: impl IntoIterator<Item = (IpAddr, u16)>) -> Vec<(IpAddr, u16)> {
+    backends
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}

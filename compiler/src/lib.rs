@@ -1,0 +1,245 @@
+//! The svc-nft compiler: Kubernetes Services and their endpoints, plus facts about the node, in;
+//! the IR of the node's nftables table out.
+//!
+//! [`compile`] is a pure function: no I/O, no clock, no randomness, and every collection it
+//! builds is ordered, so the same objects in any order give a byte-identical ruleset. Invalid
+//! objects are reported as [`Diagnostic`]s and left out; everything else still compiles.
+
+mod diagnostic;
+mod layout;
+pub mod manifest;
+mod model;
+mod node;
+
+pub use diagnostic::{Diagnostic, ObjectId, Origin};
+pub use layout::MASQUERADE_MARK;
+pub use manifest::{parse, Object, Resource};
+pub use node::{NodeFacts, DEFAULT_TABLE};
+
+use layout::ServicePort;
+use model::{Invalid, ServiceInfo, ServiceName, Shape, SliceInfo};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use svc_nft_ir::Table;
+
+/// The compiled table and what was rejected on the way.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub table: Table,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Label that tells the mirroring controller to leave an Endpoints object alone.
+const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
+
+/// Compile objects for a node.
+pub fn compile(objects: &[Object], node: &NodeFacts) -> Compiled {
+    let mut diagnostics = Vec::new();
+    let mut reject = |obj: &Object, e: Invalid| {
+        diagnostics.push(Diagnostic::new(
+            obj.origin.clone(),
+            Some(object_id(obj)),
+            Some(e.field),
+            e.message,
+        ))
+    };
+
+    let mut services: BTreeMap<ServiceName, (ServiceInfo, &Object)> = BTreeMap::new();
+    for obj in objects {
+        let Resource::Service(svc) = &obj.resource else {
+            continue;
+        };
+        let id = object_id(obj);
+        let key = (id.namespace, id.name);
+        match model::service(svc) {
+            Ok(_) if services.contains_key(&key) => {
+                let first = &services[&key].1.origin;
+                let msg = format!("defined again (first at {first}); this copy is ignored");
+                reject(
+                    obj,
+                    Invalid {
+                        field: "metadata.name".into(),
+                        message: msg,
+                    },
+                );
+            }
+            Ok(info) => {
+                services.insert(key, (info, obj));
+            }
+            Err(e) => reject(obj, e),
+        }
+    }
+
+    let mut slices: BTreeMap<ServiceName, Vec<SliceInfo>> = BTreeMap::new();
+    for obj in objects {
+        let found = match &obj.resource {
+            Resource::Service(_) => continue,
+            Resource::EndpointSlice(slice) => model::endpoint_slice(slice).map(Vec::from_iter),
+            Resource::Endpoints(eps) => {
+                if !mirrored(eps, &services, &object_id(obj)) {
+                    continue;
+                }
+                model::endpoints(eps)
+            }
+        };
+        let found = found.and_then(|found| {
+            match found.iter().find(|s| !services.contains_key(&s.service)) {
+                Some(orphan) => Err(missing_service(obj, &orphan.service)),
+                None => Ok(found),
+            }
+        });
+        match found {
+            Ok(found) => {
+                for slice in found {
+                    slices.entry(slice.service.clone()).or_default().push(slice);
+                }
+            }
+            Err(e) => reject(obj, e),
+        }
+    }
+
+    let mut notes = Vec::new();
+    let mut ports = Vec::new();
+    let mut owners: BTreeMap<IpAddr, &ServiceName> = BTreeMap::new();
+    for (name, (info, obj)) in &services {
+        let shown = format!("{}/{}", name.0, name.1);
+        let ips = match &info.shape {
+            Shape::ClusterIps(ips) => ips,
+            Shape::Headless => {
+                notes.push(format!(
+                    "{shown}: headless (clusterIP: None): DNS only, no rules"
+                ));
+                continue;
+            }
+            Shape::ExternalName(target) => {
+                notes.push(format!(
+                    "{shown}: ExternalName {target}: DNS only, no rules"
+                ));
+                continue;
+            }
+            Shape::Unallocated => {
+                notes.push(format!("{shown}: no cluster IP allocated yet, no rules"));
+                continue;
+            }
+        };
+        if let Some((ip, owner)) = ips.iter().find_map(|ip| owners.get(ip).map(|o| (ip, o))) {
+            let msg = format!("{ip} is already the cluster IP of {}/{}", owner.0, owner.1);
+            reject(
+                obj,
+                Invalid {
+                    field: "spec.clusterIPs".into(),
+                    message: msg,
+                },
+            );
+            continue;
+        }
+        owners.extend(ips.iter().map(|ip| (*ip, name)));
+        let no_slices = Vec::new();
+        let service_slices = slices.get(name).unwrap_or(&no_slices);
+        for ip in ips {
+            for port in &info.ports {
+                let label = match port.name.as_str() {
+                    "" => shown.clone(),
+                    port_name => format!("{shown}:{port_name}"),
+                };
+                let backends = layout::sorted(backends(service_slices, ip, port));
+                if backends.is_empty() {
+                    notes.push(format!(
+                        "{label} ({}): no ready endpoint: REJECT",
+                        socket(ip, port.port)
+                    ));
+                }
+                ports.push(ServicePort {
+                    vip: *ip,
+                    proto: port.proto,
+                    port: port.port,
+                    label,
+                    backends,
+                });
+            }
+        }
+    }
+    Compiled {
+        table: layout::build(node, &ports, notes),
+        diagnostics,
+    }
+}
+
+/// `ip:port`, bracketing v6 addresses.
+fn socket(ip: &IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(*ip, port).to_string()
+}
+
+/// Ready endpoints of the Service port on the cluster IP's family. A slice maps the Service
+/// port by name and protocol to the number its Pods listen on, which is how named
+/// targetPorts resolve per endpoint.
+fn backends<'a>(
+    slices: &'a [SliceInfo],
+    vip: &'a IpAddr,
+    port: &'a model::Port,
+) -> impl Iterator<Item = (IpAddr, u16)> + 'a {
+    slices.iter().flat_map(move |slice| {
+        let number = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.proto == port.proto)
+            .map(|p| p.port);
+        slice
+            .endpoints
+            .iter()
+            .filter(move |ep| ep.ready && ep.ip.is_ipv6() == vip.is_ipv6())
+            .filter_map(move |ep| Some((ep.ip, number?)))
+    })
+}
+
+/// Whether v1 Endpoints are mirrored into a slice: only for Services without a selector (the
+/// EndpointSlice controller owns the others) and without the skip-mirror label.
+fn mirrored(
+    eps: &k8s_openapi::api::core::v1::Endpoints,
+    services: &BTreeMap<ServiceName, (ServiceInfo, &Object)>,
+    id: &ObjectId,
+) -> bool {
+    let labels = eps.metadata.labels.as_ref();
+    if labels
+        .and_then(|l| l.get(SKIP_MIRROR_LABEL))
+        .map(String::as_str)
+        == Some("true")
+    {
+        return false;
+    }
+    let key = (id.namespace.clone(), id.name.clone());
+    let selected = services
+        .get(&key)
+        .is_some_and(|(info, _)| info.has_selector);
+    if selected {
+        tracing::debug!("{id}: ignored, its Service has a selector");
+    }
+    !selected
+}
+
+fn missing_service(obj: &Object, service: &ServiceName) -> Invalid {
+    let field = match obj.resource {
+        Resource::EndpointSlice(_) => "metadata.labels[kubernetes.io/service-name]",
+        _ => "metadata.name",
+    };
+    Invalid {
+        field: field.into(),
+        message: format!(
+            "its Service {}/{} is not in the input",
+            service.0, service.1
+        ),
+    }
+}
+
+fn object_id(obj: &Object) -> ObjectId {
+    let (kind, meta) = match &obj.resource {
+        Resource::Service(s) => ("Service", &s.metadata),
+        Resource::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
+        Resource::Endpoints(e) => ("Endpoints", &e.metadata),
+    };
+    ObjectId {
+        kind: kind.into(),
+        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: meta.name.clone().unwrap_or_else(|| "<unnamed>".into()),
+    }
+}

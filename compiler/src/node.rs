@@ -1,0 +1,42 @@
+//! Facts about the node the rules are compiled for. kube-proxy's flag names where they exist.
+
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// The table svc-nft owns when no other name is given.
+pub const DEFAULT_TABLE: &str = "svc-nft";
+
+/// Everything the compiler knows about the node besides the API objects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// Name of the nftables table (`--table`, default `svc-nft`); the compiler owns it whole.
+    pub table: String,
+    /// This node's name (`--node-name`), matched against endpoints' `nodeName`.
+    pub node_name: Option<String>,
+    /// This node's addresses (`--node-ip`, v4 and/or v6).
+    pub node_ips: Vec<IpAddr>,
+    /// Pod network (`--cluster-cidr`). Traffic to a Service from outside it is masqueraded;
+    /// with none given for a family, none is (kube-proxy cannot tell either).
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Service network (`--service-cidr`). New connections to an address in it that no
+    /// Service owns are dropped; default none.
+    pub service_cidrs: Vec<IpNet>,
+    /// Addresses NodePorts answer on (`--nodeport-addresses`); default: the node IPs.
+    pub nodeport_addresses: Vec<IpNet>,
+    /// Masquerade all traffic to Services (`--masquerade-all`).
+    pub masquerade_all: bool,
+}
+
+impl Default for NodeFacts {
+    fn default() -> Self {
+        NodeFacts {
+            table: DEFAULT_TABLE.to_string(),
+            node_name: None,
+            node_ips: vec![],
+            cluster_cidrs: vec![],
+            service_cidrs: vec![],
+            nodeport_addresses: vec![],
+            masquerade_all: false,
+        }
+    }
+}

@@ -1,0 +1,20 @@
+use clap::Parser;
+use svc_nft::cli::{run, Cli};
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(EnvFilter::try_from_env("SVC_NFT_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
+    let code = match run(&cli.command, &mut std::io::stdout(), &mut std::io::stderr()) {
+        Ok(code) => code,
+        // A closed pipe (`svc-nft compile | head`) is not worth a panic; report and fail.
+        Err(e) => {
+            eprintln!("svc-nft: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
