@@ -19,7 +19,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use svc_nft_ir::{
     BaseChain, BinOp, Chain, ChainType, CtKey, CtState, Data, DataType, Element, Expr, Family,
-    Hook, MetaKey, Payload, Rule, Set, SetFlag, Stmt, Table, TypeSpec, Value, Verdict,
+    Hook, L4Proto, MetaKey, Payload, RejectWith, Rule, Set, SetFlag, Stmt, Table, TypeSpec, Value,
+    Verdict,
 };
 
 /// The packet-mark bit that asks nat-postrouting to masquerade (kube-proxy's bit).
@@ -29,7 +30,7 @@ pub const MASQUERADE_MARK: u32 = 0x4000;
 #[derive(Clone, Debug)]
 pub struct ServicePort {
     pub vip: IpAddr,
-    pub proto: svc_nft_ir::L4Proto,
+    pub proto: L4Proto,
     pub port: u16,
     /// `namespace/name[:port-name]`, carried into element comments.
     pub label: String,
@@ -135,6 +136,10 @@ fn rule(stmts: Vec<Stmt>) -> Rule {
 
 fn jump(chain: &str) -> Stmt {
     Stmt::Verdict(Verdict::Jump(chain.into()))
+}
+
+fn goto(chain: &str) -> Stmt {
+    Stmt::Verdict(Verdict::Goto(chain.into()))
 }
 
 /// Build the table for these Service ports on this node. `notes` become comments above it.
@@ -271,7 +276,7 @@ fn add_fixed_chains(table: &mut Table) {
         }]));
         let to = |set: &str| Stmt::matches(f.daddr(), Expr::SetRef(f.name(set)));
         check.push(
-            rule(vec![to("cluster-ips"), Stmt::Reject])
+            rule(vec![to("cluster-ips"), goto("reject-chain")])
                 .with_comment("cluster IP, but no endpoint for this port"),
         );
         check.push(
@@ -300,10 +305,22 @@ fn add_fixed_chains(table: &mut Table) {
         }]),
         rule(vec![Stmt::Masquerade]),
     ]);
+    // A TCP reset refuses at once whatever the load: ICMP errors are rate-limited by the
+    // kernel, and one that arrives while the client's socket is busy only counts as a soft
+    // error, so the client waits for its SYN retransmission.
+    let tcp = Stmt::matches(
+        Expr::Meta(MetaKey::L4Proto),
+        Expr::Value(Value::Proto(L4Proto::Tcp)),
+    );
+    let reject = vec![
+        rule(vec![tcp, Stmt::Reject(RejectWith::TcpReset)]),
+        rule(vec![Stmt::Reject(RejectWith::PortUnreachable)]),
+    ];
     let check_new = || vec![rule(vec![ct_new(), jump("cluster-ips-check")])];
     let chains = [
         ("services", Chain::regular(services)),
         ("cluster-ips-check", Chain::regular(check)),
+        ("reject-chain", Chain::regular(reject)),
         (
             "nat-prerouting",
             base(

@@ -115,6 +115,15 @@ pub enum Expr {
     SetRef(String),
 }
 
+/// How a `reject` answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectWith {
+    /// ICMP / ICMPv6 port unreachable.
+    PortUnreachable,
+    /// A TCP reset (only for TCP packets).
+    TcpReset,
+}
+
 /// Where evaluation goes after a rule matched.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Verdict {
@@ -163,8 +172,8 @@ pub enum Stmt {
         key: MetaKey,
         value: Expr,
     },
-    /// `reject`: an ICMP(v6) port-unreachable, which TCP clients see as "connection refused".
-    Reject,
+    /// `reject [with tcp reset]`: refuse the connection.
+    Reject(RejectWith),
     Counter,
     Verdict(Verdict),
 }

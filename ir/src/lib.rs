@@ -15,8 +15,8 @@ mod table;
 
 pub use diff::{diff, Op, Transaction};
 pub use expr::{
-    BinOp, CmpOp, CtKey, CtState, DataType, Expr, Family, L4Proto, MetaKey, Payload, Stmt, Value,
-    Verdict,
+    BinOp, CmpOp, CtKey, CtState, DataType, Expr, Family, L4Proto, MetaKey, Payload, RejectWith,
+    Stmt, Value, Verdict,
 };
 pub use render::replace_script;
 pub use table::{

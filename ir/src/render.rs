@@ -2,8 +2,8 @@
 //! file reads like the kernel's own listing.
 
 use crate::expr::{
-    BinOp, CmpOp, CtKey, CtState, DataType, Expr, Family, L4Proto, MetaKey, Payload, Stmt, Value,
-    Verdict,
+    BinOp, CmpOp, CtKey, CtState, DataType, Expr, Family, L4Proto, MetaKey, Payload, RejectWith,
+    Stmt, Value, Verdict,
 };
 use crate::table::{BaseChain, Chain, ChainType, Data, Element, Hook, Key, Set, SetFlag, Table};
 use crate::table::{Rule, TypeSpec};
@@ -160,7 +160,8 @@ impl Display for Stmt {
             Stmt::DnatMap { family, key, map } => write!(f, "dnat {family} to {key} map @{map}"),
             Stmt::Masquerade => f.write_str("masquerade fully-random"),
             Stmt::MetaSet { key, value } => write!(f, "{} set {value}", Expr::Meta(*key)),
-            Stmt::Reject => f.write_str("reject"),
+            Stmt::Reject(RejectWith::PortUnreachable) => f.write_str("reject"),
+            Stmt::Reject(RejectWith::TcpReset) => f.write_str("reject with tcp reset"),
             Stmt::Counter => f.write_str("counter"),
             Stmt::Verdict(v) => write!(f, "{v}"),
         }

@@ -99,15 +99,16 @@ impl NodeArgs {
 /// Read and compile manifests; every rejected document or object goes to `err`.
 /// Returns the result and whether everything was accepted.
 pub fn compile_paths(paths: &[PathBuf], node: &NodeFacts, err: &mut dyn Write) -> (Compiled, bool) {
-    let (objects, read_errors) = input::read(paths);
+    let (objects, mut diagnostics) = input::read(paths);
     let compiled = compile(&objects, node);
-    let mut clean = true;
-    for d in read_errors.iter().chain(&compiled.diagnostics) {
-        clean = false;
+    diagnostics.extend(compiled.diagnostics.iter().cloned());
+    // In file order, whichever stage found them.
+    diagnostics.sort_by(|a, b| a.origin.cmp(&b.origin));
+    for d in &diagnostics {
         // A closed stderr must not turn a diagnostic into a panic.
         let _ = writeln!(err, "error: {d}");
     }
-    (compiled, clean)
+    (compiled, diagnostics.is_empty())
 }
 
 /// Run a command; the return value is the process exit status.
