@@ -171,7 +171,7 @@ pub fn build(node: &NodeFacts, ports: &[ServicePort], notes: Vec<String>) -> Tab
 fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
     let addr = f.addr_type();
     let intervals = |nets: &[IpNet]| {
-        let mut set = Set::set(TypeSpec::Type(vec![addr]));
+        let mut set = Set::keys(TypeSpec::Type(vec![addr]));
         set.flags = vec![SetFlag::Interval];
         set.elements = f.prefixes(nets).map(|p| (vec![p], element(None))).collect();
         set
@@ -180,12 +180,15 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
     let mut slot_key = f.service_key();
     // The modulus in a `typeof` only types the slot; each pick chain uses its own.
     slot_key.push(Expr::NumgenRandom(1));
-    let backend = TypeSpec::Typeof(vec![f.daddr(), Expr::Payload(Payload::ThDport)]);
+    // Typed like `th dport`, but nft 1.0.6 cannot use a map whose data is typed
+    // `ip daddr . th dport` once it reads it back from the kernel ("conflicting protocols"):
+    // every later `add rule` using it would fail.
+    let backend = TypeSpec::Typeof(vec![f.daddr(), Expr::Payload(Payload::TcpDport)]);
     let sets = [
-        ("cluster-ips", Set::set(TypeSpec::Type(vec![addr]))),
+        ("cluster-ips", Set::keys(TypeSpec::Type(vec![addr]))),
         ("service-cidrs", intervals(&node.service_cidrs)),
         ("cluster-cidrs", intervals(&node.cluster_cidrs)),
-        ("hairpin", Set::set(TypeSpec::Type(vec![addr, addr]))),
+        ("hairpin", Set::keys(TypeSpec::Type(vec![addr, addr]))),
         ("service-ports", Set::verdict_map(service_key)),
         (
             "endpoints",

@@ -65,6 +65,8 @@ pub enum Payload {
     Ip6Daddr,
     /// Transport-header destination port, whatever the L4 protocol (`th dport`).
     ThDport,
+    /// TCP destination port. Same bytes as `th dport`, but it adds a TCP dependency in rules.
+    TcpDport,
 }
 
 /// Packet metadata (`meta …`).

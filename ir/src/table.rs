@@ -98,7 +98,7 @@ pub enum Data {
 }
 
 /// The value side of an element, keyed by its [`Key`] in [`Set::elements`].
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Element {
     /// `None` for plain sets.
     pub data: Option<Data>,
@@ -118,7 +118,7 @@ pub struct Set {
 
 impl Set {
     /// A set of keys of type `key`.
-    pub fn set(key: TypeSpec) -> Set {
+    pub fn keys(key: TypeSpec) -> Set {
         Set {
             key,
             data: None,
@@ -132,7 +132,7 @@ impl Set {
     pub fn verdict_map(key: TypeSpec) -> Set {
         Set {
             data: Some(None),
-            ..Set::set(key)
+            ..Set::keys(key)
         }
     }
 
@@ -140,7 +140,7 @@ impl Set {
     pub fn data_map(key: TypeSpec, data: TypeSpec) -> Set {
         Set {
             data: Some(Some(data)),
-            ..Set::set(key)
+            ..Set::keys(key)
         }
     }
 

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 mod lab;
+#[allow(unused_imports)]
 pub use lab::*;
 
 use std::fs::File;

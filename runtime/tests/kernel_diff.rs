@@ -1,0 +1,215 @@
+//! The IR diff against the kernel: for random pairs of clusters A and B, a namespace holding A
+//! that applies `diff(A, B)` ends up holding exactly what loading B from scratch gives
+//! (compared as `nft -j list table`, without handles and element order).
+
+mod netns;
+
+use netns::Netns;
+use proptest::prelude::*;
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use svc_nft_compiler::{compile, parse, NodeFacts};
+use svc_nft_ir::{
+    diff, replace_script, BaseChain, Chain, ChainType, Expr, Hook, Payload, Rule, Set, SetFlag,
+    Stmt, Table, TypeSpec, Value, Verdict,
+};
+
+/// The kernel's view of the table, in a canonical form.
+fn kernel_state(ns: &Netns, table: &Table) -> Json {
+    let listing = ns.nft_list(&format!("-j list table {} {}", "inet", table.name));
+    let mut json: Json = serde_json::from_str(&listing).expect("nft -j output is JSON");
+    canonical(&mut json);
+    let mut items = json["nftables"].as_array().cloned().unwrap_or_default();
+    items.retain(|i| i.get("metainfo").is_none());
+    // Rules keep their order within a chain (the sort is stable); everything else is sorted.
+    items.sort_by_key(|item| {
+        let (kind, body) = item.as_object().unwrap().iter().next().unwrap();
+        let name = body.get("chain").or(body.get("name")).cloned();
+        (
+            kind.clone(),
+            name.map(|n| n.to_string()).unwrap_or_default(),
+        )
+    });
+    Json::Array(items)
+}
+
+/// Drop handles and sort element lists, which depend on history, not on content. nft also
+/// decodes the same transport-port load as `tcp dport` or `th dport` depending on what it
+/// has cached; both are one kernel expression.
+fn canonical(json: &mut Json) {
+    match json {
+        Json::Object(map) => {
+            map.remove("handle");
+            if map.get("field") == Some(&Json::from("dport")) {
+                map.insert("protocol".into(), Json::from("th"));
+            }
+            for (key, value) in map.iter_mut() {
+                canonical(value);
+                if key == "elem" {
+                    if let Json::Array(elems) = value {
+                        elems.sort_by_key(|e| e.to_string());
+                    }
+                }
+            }
+        }
+        Json::Array(items) => items.iter_mut().for_each(canonical),
+        _ => {}
+    }
+}
+
+/// Apply `diff(a, b)` on top of `a` and compare with `b` loaded whole.
+fn check_diff(ns: &Netns, a: &Table, b: &Table) -> Result<(), TestCaseError> {
+    ns.nft(&replace_script(b)).expect("B loads");
+    let expected = kernel_state(ns, b);
+    ns.nft(&replace_script(a)).expect("A loads");
+    let tx = diff(a, b).to_string();
+    if let Err(e) = ns.nft(&tx) {
+        return Err(TestCaseError::fail(format!("diff rejected: {e}\n{tx}")));
+    }
+    let actual = kernel_state(ns, b);
+    if actual != expected {
+        let pretty = |j: &Json| serde_json::to_string_pretty(j).unwrap();
+        let (actual, expected) = (pretty(&actual), pretty(&expected));
+        let delta = similar::TextDiff::from_lines(&expected, &actual)
+            .unified_diff()
+            .header("B loaded whole", "A + diff(A, B)")
+            .to_string();
+        return Err(TestCaseError::fail(format!(
+            "{delta}\nafter applying:\n{tx}"
+        )));
+    }
+    Ok(())
+}
+
+/// A random cluster: Services on a few VIPs, ports and endpoints drawn from small pools so
+/// that two clusters overlap.
+fn cluster() -> impl Strategy<Value = String> {
+    let vip = prop_oneof![
+        (1u8..6).prop_map(|i| format!("10.96.0.{i}")),
+        (1u8..4).prop_map(|i| format!("fd00:96::{i}")),
+    ];
+    let port = (prop::sample::select(vec!["TCP", "UDP", "SCTP"]), 1u16..4);
+    let endpoint = (1u8..6, any::<bool>());
+    let service = (
+        vip,
+        prop::collection::btree_map(port, 8000u16..8003, 1..3),
+        prop::collection::vec(endpoint, 0..5),
+    );
+    prop::collection::btree_map(0u8..6, service, 0..6).prop_map(|services| {
+        let mut used = BTreeMap::new();
+        let mut out = String::new();
+        for (n, (vip, ports, endpoints)) in services {
+            if used.insert(vip.clone(), n).is_some() {
+                continue; // one Service per VIP
+            }
+            let v6 = vip.contains(':');
+            let svc_ports: Vec<String> = ports
+                .keys()
+                .map(|(proto, p)| format!("{{name: p{p}-{proto}, port: {p}, protocol: {proto}}}"))
+                .collect();
+            let slice_ports: Vec<String> = ports
+                .iter()
+                .map(|((proto, p), target)| {
+                    format!("{{name: p{p}-{proto}, port: {target}, protocol: {proto}}}")
+                })
+                .collect();
+            let eps: Vec<String> = endpoints
+                .iter()
+                .map(|(i, ready)| {
+                    let addr = if v6 {
+                        format!("\"fd00:244::{i}\"")
+                    } else {
+                        format!("10.244.0.{i}")
+                    };
+                    format!("{{addresses: [{addr}], conditions: {{ready: {ready}}}}}")
+                })
+                .collect();
+            out += &format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{n}}}\n\
+                 spec: {{clusterIP: \"{vip}\", selector: {{app: s{n}}}, ports: [{}]}}\n\
+                 ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: s{n}-a, labels: {{kubernetes.io/service-name: s{n}}}}}\n\
+                 addressType: {}\nports: [{}]\nendpoints: [{}]\n",
+                svc_ports.join(", "),
+                if v6 { "IPv6" } else { "IPv4" },
+                slice_ports.join(", "),
+                eps.join(", "),
+            );
+        }
+        out
+    })
+}
+
+fn compiled(manifests: &str, node: &NodeFacts) -> Table {
+    let (objects, errors) = parse("generated", manifests);
+    assert!(errors.is_empty(), "{errors:?}\n{manifests}");
+    let out = compile(&objects, node);
+    assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+    out.table
+}
+
+#[test]
+fn diff_moves_the_kernel_from_a_to_b() {
+    if !netns::require() {
+        return;
+    }
+    let ns = Netns::new("diff");
+    let node = NodeFacts {
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
+        ..NodeFacts::default()
+    };
+    let config = ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(a in cluster(), b in cluster())| {
+        check_diff(&ns, &compiled(&a, &node), &compiled(&b, &node))?;
+    });
+}
+
+#[test]
+fn diff_recreates_changed_sets_and_base_chains() {
+    if !netns::require() {
+        return;
+    }
+    let ns = Netns::new("recreate");
+    let daddr = || Expr::Payload(Payload::IpDaddr);
+    let table = |interval: bool, priority: i32| {
+        let mut set = Set::keys(TypeSpec::Type(vec![svc_nft_ir::DataType::Ipv4Addr]));
+        if interval {
+            set.flags = vec![SetFlag::Interval];
+            set.elements.insert(
+                vec![Value::Prefix("10.1.0.0/16".parse().unwrap())],
+                Default::default(),
+            );
+        }
+        let hook = BaseChain {
+            kind: ChainType::Filter,
+            hook: Hook::Input,
+            priority,
+        };
+        let rule = Rule::new(vec![
+            Stmt::matches(daddr(), Expr::SetRef("blocked".into())),
+            Stmt::Verdict(Verdict::Drop),
+        ]);
+        Table {
+            name: "svc-nft-recreate".into(),
+            sets: [("blocked".to_string(), set)].into(),
+            chains: [("input".to_string(), Chain::base(hook, vec![rule]))].into(),
+            ..Table::default()
+        }
+    };
+    let (a, b) = (table(false, 0), table(true, -5));
+    check_diff(&ns, &a, &b).unwrap();
+    check_diff(&ns, &b, &a).unwrap();
+    check_diff(
+        &ns,
+        &Table {
+            name: a.name.clone(),
+            ..Table::default()
+        },
+        &a,
+    )
+    .unwrap();
+}
