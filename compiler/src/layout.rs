@@ -3,12 +3,12 @@
 //!
 //! The layout is built so the kernel loads it in linear time and a Service change touches only
 //! map elements (see README, "Ruleset layout"):
-//! - one verdict map per family, `service-ports-*`, keyed by `VIP . proto . port`, whose
-//!   elements jump to one of a few *shared* chains, `pick-*-N` (one per endpoint count N in
-//!   use, not one per Service: verdict elements that jump to many distinct chains are what loads
-//!   in quadratic time);
-//! - `pick-*-N` picks a slot with `numgen random mod N` and DNATs through one data map,
-//!   `endpoints-*`, keyed by `VIP . proto . port . slot`;
+//! - one verdict map per family, `service-ports-v4|v6`, keyed by `VIP . proto . port`, whose
+//!   elements jump to one of a few *shared* chains, `pick-<family>-<proto>-N` (one per endpoint
+//!   count N in use, not one per Service: verdict elements that jump to many distinct chains
+//!   are what loads in quadratic time);
+//! - a pick chain draws a slot with `numgen random mod N` and DNATs through one data map per
+//!   family and protocol, `endpoints-<family>-<proto>`, keyed by `VIP . port . slot`;
 //! - whatever reaches a cluster IP without having been DNATed is REJECTed (the port has no
 //!   ready endpoint, or the Service has no such port), and the rest of the service CIDR is
 //!   DROPped.
@@ -112,13 +112,6 @@ fn addr(ip: &IpAddr) -> Value {
     }
 }
 
-fn element(data: Option<Data>) -> Element {
-    Element {
-        data,
-        comment: None,
-    }
-}
-
 fn base(kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
     Chain::base(
         BaseChain {
@@ -153,14 +146,13 @@ pub fn build(node: &NodeFacts, ports: &[ServicePort], notes: Vec<String>) -> Tab
     for f in FAMILIES {
         add_family_sets(&mut table, node, f);
     }
-    let mut counts = BTreeSet::new();
+    let mut picks = BTreeSet::new();
     for sp in ports {
-        add_service_port(&mut table, sp, &mut counts);
+        add_service_port(&mut table, sp, &mut picks);
     }
-    for (f, n) in counts {
-        table
-            .chains
-            .insert(f.name("pick") + &format!("-{n}"), pick_chain(node, f, n));
+    for (f, proto, n) in picks {
+        let chain = pick_chain(node, f, proto, n);
+        table.chains.insert(pick_chain_name(f, proto, n), chain);
     }
     add_fixed_chains(&mut table);
     table
@@ -173,66 +165,88 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
     let intervals = |nets: &[IpNet]| {
         let mut set = Set::keys(TypeSpec::Type(vec![addr]));
         set.flags = vec![SetFlag::Interval];
-        set.elements = f.prefixes(nets).map(|p| (vec![p], element(None))).collect();
+        set.elements = f
+            .prefixes(nets)
+            .map(|p| (vec![p], Element::default()))
+            .collect();
         set
     };
     let service_key = TypeSpec::Type(vec![addr, DataType::InetProto, DataType::InetService]);
-    let mut slot_key = f.service_key();
-    // The modulus in a `typeof` only types the slot; each pick chain uses its own.
-    slot_key.push(Expr::NumgenRandom(1));
-    // Typed like `th dport`, but nft 1.0.6 cannot use a map whose data is typed
-    // `ip daddr . th dport` once it reads it back from the kernel ("conflicting protocols"):
-    // every later `add rule` using it would fail.
-    let backend = TypeSpec::Typeof(vec![f.daddr(), Expr::Payload(Payload::TcpDport)]);
     let sets = [
         ("cluster-ips", Set::keys(TypeSpec::Type(vec![addr]))),
         ("service-cidrs", intervals(&node.service_cidrs)),
         ("cluster-cidrs", intervals(&node.cluster_cidrs)),
         ("hairpin", Set::keys(TypeSpec::Type(vec![addr, addr]))),
         ("service-ports", Set::verdict_map(service_key)),
-        (
-            "endpoints",
-            Set::data_map(TypeSpec::Typeof(slot_key), backend),
-        ),
     ];
     for (name, set) in sets {
         table.sets.insert(f.name(name), set);
     }
+    for proto in PROTOCOLS {
+        // One map per protocol: nft 1.0.6 cannot add a rule using a map whose data is typed
+        // `ip daddr . th dport` once it has read that map back from the kernel, and typing
+        // it `tcp dport` makes the rule match TCP only.
+        let dport = Expr::Payload(Payload::Dport(proto));
+        // The modulus in a `typeof` only types the slot; each pick chain uses its own.
+        let key = vec![f.daddr(), dport.clone(), Expr::NumgenRandom(1)];
+        let backend = vec![f.daddr(), dport];
+        let map = Set::data_map(TypeSpec::Typeof(key), TypeSpec::Typeof(backend));
+        table.sets.insert(endpoints_map(f, proto), map);
+    }
 }
 
-fn add_service_port(table: &mut Table, sp: &ServicePort, counts: &mut BTreeSet<(Ipf, usize)>) {
+const PROTOCOLS: [L4Proto; 3] = [L4Proto::Tcp, L4Proto::Udp, L4Proto::Sctp];
+
+/// `endpoints-v4-tcp` …
+fn endpoints_map(f: Ipf, proto: L4Proto) -> String {
+    f.name("endpoints") + &format!("-{proto}")
+}
+
+/// `pick-v4-tcp-3` …: the chain for Service ports with `n` endpoints.
+fn pick_chain_name(f: Ipf, proto: L4Proto, n: usize) -> String {
+    f.name("pick") + &format!("-{proto}-{n}")
+}
+
+fn add_service_port(table: &mut Table, sp: &ServicePort, picks: &mut BTreeSet<Pick>) {
     let f = Ipf::of(&sp.vip);
-    let mut insert = |set: &str, key: Vec<Value>, elem: Element| {
-        let set = table.sets.get_mut(&f.name(set)).expect("created above");
-        set.elements.insert(key, elem);
+    let mut insert = |set: &str, key: Vec<Value>, data: Option<Data>, comment: Option<String>| {
+        let set = table
+            .sets
+            .get_mut(set)
+            .expect("every set is created up front");
+        set.elements.insert(key, Element { data, comment });
     };
-    insert("cluster-ips", vec![addr(&sp.vip)], element(None));
+    insert(&f.name("cluster-ips"), vec![addr(&sp.vip)], None, None);
     let n = sp.backends.len();
     if n == 0 {
         return; // not DNATed, so cluster-ips-check rejects it
     }
     let key = vec![addr(&sp.vip), Value::Proto(sp.proto), Value::Port(sp.port)];
-    let pick = Verdict::Goto(f.name("pick") + &format!("-{n}"));
-    let vmap_elem = Element {
-        data: Some(Data::Verdict(pick)),
-        comment: Some(sp.label.clone()),
-    };
-    insert("service-ports", key.clone(), vmap_elem);
-    counts.insert((f, n));
+    let pick = Data::Verdict(Verdict::Goto(pick_chain_name(f, sp.proto, n)));
+    insert(
+        &f.name("service-ports"),
+        key,
+        Some(pick),
+        Some(sp.label.clone()),
+    );
+    picks.insert((f, sp.proto, n));
+    let endpoints = endpoints_map(f, sp.proto);
     for (slot, (ip, port)) in sp.backends.iter().enumerate() {
-        let mut slot_key = key.clone();
-        slot_key.push(Value::Int(slot as u32));
+        let slot_key = vec![addr(&sp.vip), Value::Port(sp.port), Value::Int(slot as u32)];
         let target = Data::Values(vec![addr(ip), Value::Port(*port)]);
-        insert("endpoints", slot_key, element(Some(target)));
+        insert(&endpoints, slot_key, Some(target), None);
         // An endpoint that reaches itself through its Service must be masqueraded, or it would
         // answer itself from the wrong address.
-        insert("hairpin", vec![addr(ip), addr(ip)], element(None));
+        insert(&f.name("hairpin"), vec![addr(ip), addr(ip)], None, None);
     }
 }
 
-/// The chain for Service ports of family `f` with `n` endpoints: mark off-cluster clients for
-/// masquerade, then DNAT to slot `random mod n`.
-fn pick_chain(node: &NodeFacts, f: Ipf, n: usize) -> Chain {
+/// A shared pick chain, by family, protocol and endpoint count.
+type Pick = (Ipf, L4Proto, usize);
+
+/// The chain for Service ports of family `f` and protocol `proto` with `n` endpoints: mark
+/// off-cluster clients for masquerade, then DNAT to slot `random mod n`.
+fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, n: usize) -> Chain {
     let mark = Stmt::MetaSet {
         key: MetaKey::Mark,
         value: Expr::Bitwise(
@@ -249,12 +263,12 @@ fn pick_chain(node: &NodeFacts, f: Ipf, n: usize) -> Chain {
         let off_cluster = Stmt::differs(f.saddr(), Expr::SetRef(f.name("cluster-cidrs")));
         rules.push(rule(vec![off_cluster, mark]));
     }
-    let mut key = f.service_key();
-    key.push(Expr::NumgenRandom(n as u32));
+    let dport = Expr::Payload(Payload::Dport(proto));
+    let key = vec![f.daddr(), dport, Expr::NumgenRandom(n as u32)];
     rules.push(rule(vec![Stmt::DnatMap {
         family: f.nat_family(),
         key: Expr::Concat(key),
-        map: f.name("endpoints"),
+        map: endpoints_map(f, proto),
     }]));
     Chain::regular(rules)
 }

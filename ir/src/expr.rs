@@ -65,8 +65,9 @@ pub enum Payload {
     Ip6Daddr,
     /// Transport-header destination port, whatever the L4 protocol (`th dport`).
     ThDport,
-    /// TCP destination port. Same bytes as `th dport`, but it adds a TCP dependency in rules.
-    TcpDport,
+    /// Destination port of a given protocol (`tcp dport` …): the same bytes as `th dport`,
+    /// plus a check of the protocol.
+    Dport(L4Proto),
 }
 
 /// Packet metadata (`meta …`).

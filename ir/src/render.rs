@@ -109,7 +109,7 @@ impl Display for Expr {
                 Payload::Ip6Saddr => "ip6 saddr",
                 Payload::Ip6Daddr => "ip6 daddr",
                 Payload::ThDport => "th dport",
-                Payload::TcpDport => "tcp dport",
+                Payload::Dport(proto) => return write!(f, "{proto} dport"),
             }),
             Expr::Meta(MetaKey::L4Proto) => f.write_str("meta l4proto"),
             Expr::Meta(MetaKey::Mark) => f.write_str("meta mark"),
