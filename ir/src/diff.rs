@@ -200,3 +200,88 @@ impl Display for Transaction {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::{DataType, Expr, Payload, Stmt, Value, Verdict};
+    use crate::table::{Data, TypeSpec};
+    use std::net::Ipv4Addr;
+
+    fn vmap(targets: &[(u8, &str)]) -> Set {
+        let mut set = Set::verdict_map(TypeSpec::Type(vec![DataType::Ipv4Addr]));
+        for (last, chain) in targets {
+            let key = vec![Value::Ipv4(Ipv4Addr::new(10, 0, 0, *last))];
+            let data = Some(Data::Verdict(Verdict::Goto(chain.to_string())));
+            set.elements.insert(
+                key,
+                Element {
+                    data,
+                    comment: None,
+                },
+            );
+        }
+        set
+    }
+
+    fn table(targets: &[(u8, &str)], chains: &[&str]) -> Table {
+        let mut t = Table {
+            name: "t".into(),
+            ..Table::default()
+        };
+        t.sets.insert("m".into(), vmap(targets));
+        let lookup = Stmt::Vmap {
+            key: Expr::Payload(Payload::IpDaddr),
+            map: "m".into(),
+        };
+        t.chains.insert(
+            "entry".into(),
+            Chain::regular(vec![Rule::new(vec![lookup])]),
+        );
+        for c in chains {
+            let accept = Rule::new(vec![Stmt::Verdict(Verdict::Accept)]);
+            t.chains.insert(c.to_string(), Chain::regular(vec![accept]));
+        }
+        t
+    }
+
+    #[test]
+    fn equal_tables_need_no_commands() {
+        let t = table(&[(1, "a")], &["a"]);
+        assert!(diff(&t, &t).is_empty());
+    }
+
+    #[test]
+    fn an_empty_table_is_created_whole() {
+        let t = table(&[(1, "a")], &["a"]);
+        let empty = Table {
+            name: "t".into(),
+            ..Table::default()
+        };
+        let text = diff(&empty, &t).to_string();
+        assert!(text.starts_with("add table inet t\n"), "{text}");
+        assert!(text.contains("add element inet t m {\n\t10.0.0.1 : goto a\n}\n"));
+    }
+
+    #[test]
+    fn moving_an_element_to_a_new_chain_orders_references() {
+        let old = table(&[(1, "a")], &["a"]);
+        let new = table(&[(1, "b")], &["b"]);
+        let text = diff(&old, &new).to_string();
+        // The element that points at `a` goes before `a`; `b` exists before anything
+        // points at it.
+        let expected = "\
+flush chain inet t a
+delete element inet t m {
+\t10.0.0.1
+}
+delete chain inet t a
+add chain inet t b
+add element inet t m {
+\t10.0.0.1 : goto b
+}
+add rule inet t b accept
+";
+        assert_eq!(text, expected);
+    }
+}

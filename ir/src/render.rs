@@ -289,3 +289,63 @@ impl Display for Table {
         writeln!(f, "}}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{Element, Rule};
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn a_table_renders_as_nft_accepts_it() {
+        let mut set = Set::data_map(
+            TypeSpec::Typeof(vec![Expr::Payload(Payload::IpDaddr), Expr::NumgenRandom(1)]),
+            TypeSpec::Type(vec![DataType::Ipv4Addr]),
+        );
+        let key = vec![Value::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), Value::Int(0)];
+        let data = Some(Data::Values(vec![Value::Ipv4(Ipv4Addr::new(10, 1, 0, 1))]));
+        set.elements.insert(
+            key,
+            Element {
+                data,
+                comment: Some("a \"quoted\" name".into()),
+            },
+        );
+        let marked = Expr::Bitwise(Box::new(Expr::Meta(MetaKey::Mark)), BinOp::And, 0x4000);
+        let rule = Rule::new(vec![
+            Stmt::matches(marked, Expr::Value(Value::Bits(0))),
+            Stmt::Verdict(Verdict::Return),
+        ]);
+        let base = BaseChain {
+            kind: ChainType::Nat,
+            hook: Hook::Postrouting,
+            priority: 100,
+        };
+        let table = Table {
+            name: "t".into(),
+            notes: vec!["a note".into()],
+            sets: [("m".to_string(), set)].into(),
+            chains: [("post".to_string(), Chain::base(base, vec![rule]))].into(),
+            ..Table::default()
+        };
+        let expected = "\
+table inet t {}
+delete table inet t
+# a note
+table inet t {
+\tmap m {
+\t\ttypeof ip daddr . numgen random mod 1 : ipv4_addr
+\t\telements = {
+\t\t\t10.0.0.1 . 0 comment \"a 'quoted' name\" : 10.1.0.1
+\t\t}
+\t}
+
+\tchain post {
+\t\ttype nat hook postrouting priority 100; policy accept;
+\t\tmeta mark & 0x4000 == 0x0 return
+\t}
+}
+";
+        assert_eq!(replace_script(&table), expected);
+    }
+}
