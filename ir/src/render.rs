@@ -234,8 +234,13 @@ pub(crate) fn set_declaration(set: &Set) -> Vec<String> {
     if !set.flags.is_empty() {
         let flags = set.flags.iter().map(|f| match f {
             SetFlag::Interval => "interval",
+            SetFlag::Timeout => "timeout",
+            SetFlag::Dynamic => "dynamic",
         });
         lines.push(format!("flags {}", join(flags, ",")));
+    }
+    if let Some(seconds) = set.timeout {
+        lines.push(format!("timeout {seconds}s"));
     }
     if let Some(c) = &set.comment {
         lines.push(format!("comment {}", quoted(c)));

@@ -85,6 +85,10 @@ pub enum TypeSpec {
 pub enum SetFlag {
     /// Elements may be prefixes or ranges.
     Interval,
+    /// Elements expire (after [`Set::timeout`] unless they say otherwise).
+    Timeout,
+    /// Rules may add elements (`update @set { … }`).
+    Dynamic,
 }
 
 /// The key of an element: one value per component of the set's key type.
@@ -112,6 +116,8 @@ pub struct Set {
     /// `None`: a set. `Some(None)`: a verdict map. `Some(Some(t))`: a data map to `t`.
     pub data: Option<Option<TypeSpec>>,
     pub flags: Vec<SetFlag>,
+    /// Default lifetime of elements, in seconds (with [`SetFlag::Timeout`]).
+    pub timeout: Option<u32>,
     pub comment: Option<String>,
     pub elements: BTreeMap<Key, Element>,
 }
@@ -123,6 +129,7 @@ impl Set {
             key,
             data: None,
             flags: vec![],
+            timeout: None,
             comment: None,
             elements: BTreeMap::new(),
         }
@@ -153,6 +160,7 @@ impl Set {
         self.key == other.key
             && self.data == other.data
             && self.flags == other.flags
+            && self.timeout == other.timeout
             && self.comment == other.comment
     }
 

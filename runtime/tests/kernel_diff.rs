@@ -193,9 +193,13 @@ fn diff_recreates_changed_sets_and_base_chains() {
             Stmt::matches(daddr(), Expr::SetRef("blocked".into())),
             Stmt::Verdict(Verdict::Drop),
         ]);
+        // A set rules may fill, whose elements expire: declared the same in both tables.
+        let mut recent = Set::keys(TypeSpec::Type(vec![svc_nft_ir::DataType::Ipv4Addr]));
+        recent.flags = vec![SetFlag::Dynamic, SetFlag::Timeout];
+        recent.timeout = Some(10800);
         Table {
             name: "svc-nft-recreate".into(),
-            sets: [("blocked".to_string(), set)].into(),
+            sets: [("blocked".to_string(), set), ("recent".to_string(), recent)].into(),
             chains: [("input".to_string(), Chain::base(hook, vec![rule]))].into(),
             ..Table::default()
         }
