@@ -1,138 +1,66 @@
-//! The ruleset layout: which tables, chains, sets and maps exist, and what each Service port
-//! contributes to them.
+//! The ruleset layout: which sets and maps exist, and what each Service port puts in them.
+//! The chains that read them are in [`crate::chains`].
 //!
 //! The layout is built so the kernel loads it in linear time and a Service change touches only
 //! map elements (see README, "Ruleset layout"):
-//! - one verdict map per family, `service-ports-v4|v6`, keyed by `VIP . proto . port`, whose
-//!   elements jump to one of a few *shared* chains, `pick-<family>-<proto>-N` (one per endpoint
-//!   count N in use, not one per Service: verdict elements that jump to many distinct chains
-//!   are what loads in quadratic time);
-//! - a pick chain draws a slot with `numgen random mod N` and DNATs through one data map per
-//!   family and protocol, `endpoints-<family>-<proto>`, keyed by `VIP . port . slot`;
-//! - whatever reaches a cluster IP without having been DNATed is REJECTed (the port has no
-//!   ready endpoint, or the Service has no such port), and the rest of the service CIDR is
-//!   DROPped.
+//! - every way into a Service port on this node — cluster IP, NodePort on a node IP, external
+//!   IP, load-balancer IP — is a *frontend* `address . proto . port`, a key of one verdict map
+//!   per family, `service-ports-v4|v6`;
+//! - its element jumps to one of a few *shared* pick chains (one per kind of traffic, family,
+//!   protocol and endpoint count in use, never one per Service: verdict elements that jump to
+//!   many distinct chains are what loads in quadratic time);
+//! - a pick chain draws a slot with `numgen random mod N` and DNATs through a data map keyed
+//!   by `frontend address . port . slot`.
 
+use crate::chains::{self, Pick};
+use crate::endpoints::{Backend, Chosen};
+use crate::family::{addr, Ipf, FAMILIES};
 use crate::node::NodeFacts;
 use ipnet::IpNet;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use svc_nft_ir::{
-    BaseChain, BinOp, Chain, ChainType, CtKey, CtState, Data, DataType, Element, Expr, Family,
-    Hook, L4Proto, MetaKey, Payload, RejectWith, Rule, Set, SetFlag, Stmt, Table, TypeSpec, Value,
-    Verdict,
+    Data, DataType, Element, Expr, Family, Key, L4Proto, Payload, Set, SetFlag, Table, TypeSpec,
+    Value, Verdict,
 };
 
-/// The packet-mark bit that asks nat-postrouting to masquerade (kube-proxy's bit).
-pub const MASQUERADE_MARK: u32 = 0x4000;
+/// An address and port on this node where a Service port is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Frontend {
+    pub addr: IpAddr,
+    pub port: u16,
+}
 
-/// What one Service port on one cluster IP compiles from.
+/// One Service port on one address family, with everything the layout needs.
 #[derive(Clone, Debug)]
 pub struct ServicePort {
-    pub vip: IpAddr,
-    pub proto: L4Proto,
-    pub port: u16,
     /// `namespace/name[:port-name]`, carried into element comments.
     pub label: String,
-    /// The endpoints to DNAT to, sorted and unique; empty means REJECT.
-    pub backends: Vec<(IpAddr, u16)>,
+    pub proto: L4Proto,
+    pub cluster_ip: Frontend,
+    /// NodePorts on node IPs, and external IPs.
+    pub external: Vec<Frontend>,
+    /// Load-balancer IPs: external too, and subject to `allowed_sources`.
+    pub load_balancers: Vec<Frontend>,
+    /// Who may reach the load-balancer IPs; empty: anyone.
+    pub allowed_sources: Vec<IpNet>,
+    pub endpoints: Chosen,
+    pub internal_local: bool,
+    pub external_local: bool,
+    /// Session affinity timeout in seconds.
+    pub affinity_timeout: Option<u32>,
 }
 
-/// An IP family, with the names and expressions that differ between v4 and v6.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Ipf {
-    v6: bool,
-}
+pub const PROTOCOLS: [L4Proto; 3] = [L4Proto::Tcp, L4Proto::Udp, L4Proto::Sctp];
 
-const FAMILIES: [Ipf; 2] = [Ipf { v6: false }, Ipf { v6: true }];
-
-impl Ipf {
-    fn of(addr: &IpAddr) -> Ipf {
-        Ipf { v6: addr.is_ipv6() }
-    }
-
-    /// `name-v4` / `name-v6`.
-    fn name(self, base: &str) -> String {
-        format!("{base}-{}", if self.v6 { "v6" } else { "v4" })
-    }
-
-    fn saddr(self) -> Expr {
-        Expr::Payload(if self.v6 {
-            Payload::Ip6Saddr
-        } else {
-            Payload::IpSaddr
-        })
-    }
-
-    fn daddr(self) -> Expr {
-        Expr::Payload(if self.v6 {
-            Payload::Ip6Daddr
-        } else {
-            Payload::IpDaddr
-        })
-    }
-
-    fn addr_type(self) -> DataType {
-        if self.v6 {
-            DataType::Ipv6Addr
-        } else {
-            DataType::Ipv4Addr
-        }
-    }
-
-    fn nat_family(self) -> Family {
-        if self.v6 {
-            Family::Ip6
-        } else {
-            Family::Ip
-        }
-    }
-
-    /// Prefixes of this family, as interval-set elements.
-    fn prefixes<'a>(self, nets: &'a [IpNet]) -> impl Iterator<Item = Value> + 'a {
-        nets.iter()
-            .filter(move |n| matches!(n, IpNet::V6(_)) == self.v6)
-            .map(|n| Value::Prefix(n.trunc()))
-    }
-
-    /// `daddr . meta l4proto . th dport`: the key every Service lookup starts from.
-    fn service_key(self) -> Vec<Expr> {
-        vec![
-            self.daddr(),
-            Expr::Meta(MetaKey::L4Proto),
-            Expr::Payload(Payload::ThDport),
-        ]
-    }
-}
-
-fn addr(ip: &IpAddr) -> Value {
-    match ip {
-        IpAddr::V4(a) => Value::Ipv4(*a),
-        IpAddr::V6(a) => Value::Ipv6(*a),
-    }
-}
-
-fn base(kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
-    Chain::base(
-        BaseChain {
-            kind,
-            hook,
-            priority,
-        },
-        rules,
-    )
-}
-
-fn rule(stmts: Vec<Stmt>) -> Rule {
-    Rule::new(stmts)
-}
-
-fn jump(chain: &str) -> Stmt {
-    Stmt::Verdict(Verdict::Jump(chain.into()))
-}
-
-fn goto(chain: &str) -> Stmt {
-    Stmt::Verdict(Verdict::Goto(chain.into()))
+/// The data map of a family and protocol: all endpoints, or only this node's.
+pub fn endpoints_map(f: Ipf, proto: L4Proto, local: bool) -> String {
+    let base = if local {
+        "local-endpoints"
+    } else {
+        "endpoints"
+    };
+    f.name(base) + &format!("-{proto}")
 }
 
 /// Build the table for these Service ports on this node. `notes` become comments above it.
@@ -146,15 +74,20 @@ pub fn build(node: &NodeFacts, ports: &[ServicePort], notes: Vec<String>) -> Tab
     for f in FAMILIES {
         add_family_sets(&mut table, node, f);
     }
-    let mut picks = BTreeSet::new();
+    let mut picks: BTreeSet<(Ipf, L4Proto, Pick)> = BTreeSet::new();
+    let mut remembers = BTreeSet::new();
     for sp in ports {
-        add_service_port(&mut table, sp, &mut picks);
+        let mut out = Elements {
+            table: &mut table,
+            f: Ipf::of(&sp.cluster_ip.addr),
+            sp,
+        };
+        out.add(&mut picks);
+        if let Some(timeout) = sp.affinity_timeout {
+            remembers.insert((out.f, sp.proto, timeout));
+        }
     }
-    for (f, proto, n) in picks {
-        let chain = pick_chain(node, f, proto, n);
-        table.chains.insert(pick_chain_name(f, proto, n), chain);
-    }
-    add_fixed_chains(&mut table);
+    chains::add(&mut table, node, &picks, &remembers);
     table
 }
 
@@ -171,210 +104,188 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
             .collect();
         set
     };
-    let service_key = TypeSpec::Type(vec![addr, DataType::InetProto, DataType::InetService]);
+    let frontend = || vec![addr, DataType::InetProto, DataType::InetService];
+    let mut sources = Set::keys(TypeSpec::Type([frontend(), vec![addr]].concat()));
+    sources.flags = vec![SetFlag::Interval];
+    // client . frontend address . proto . frontend port : endpoint address . port
+    let mut affinity = Set::data_map(
+        TypeSpec::Type([vec![addr], frontend()].concat()),
+        TypeSpec::Type(vec![addr, DataType::InetService]),
+    );
+    affinity.flags = vec![SetFlag::Dynamic, SetFlag::Timeout];
     let sets = [
         ("cluster-ips", Set::keys(TypeSpec::Type(vec![addr]))),
         ("service-cidrs", intervals(&node.service_cidrs)),
         ("cluster-cidrs", intervals(&node.cluster_cidrs)),
         ("hairpin", Set::keys(TypeSpec::Type(vec![addr, addr]))),
-        ("service-ports", Set::verdict_map(service_key)),
+        (
+            "service-ports",
+            Set::verdict_map(TypeSpec::Type(frontend())),
+        ),
+        ("no-endpoints", Set::keys(TypeSpec::Type(frontend()))),
+        ("firewalled", Set::keys(TypeSpec::Type(frontend()))),
+        ("lb-sources", sources),
+        ("affinity", affinity),
+        (
+            "affinity-ports",
+            Set::verdict_map(TypeSpec::Type(frontend())),
+        ),
     ];
     for (name, set) in sets {
         table.sets.insert(f.name(name), set);
     }
     for proto in PROTOCOLS {
-        // One map per protocol: nft 1.0.6 cannot add a rule using a map whose data is typed
-        // `ip daddr . th dport` once it has read that map back from the kernel, and typing
-        // it `tcp dport` makes the rule match TCP only.
-        let dport = Expr::Payload(Payload::Dport(proto));
-        // The modulus in a `typeof` only types the slot; each pick chain uses its own.
-        let key = vec![f.daddr(), dport.clone(), Expr::NumgenRandom(1)];
-        let backend = vec![f.daddr(), dport];
-        let map = Set::data_map(TypeSpec::Typeof(key), TypeSpec::Typeof(backend));
-        table.sets.insert(endpoints_map(f, proto), map);
+        for local in [false, true] {
+            // One map per protocol: nft 1.0.6 cannot add a rule using a map whose data is
+            // typed `ip daddr . th dport` once it has read that map back from the kernel, and
+            // typing it `tcp dport` makes the rule match TCP only.
+            let dport = Expr::Payload(Payload::Dport(proto));
+            // The modulus in a `typeof` only types the slot; each pick chain uses its own.
+            let key = vec![f.daddr(), dport.clone(), Expr::NumgenRandom(1)];
+            let backend = vec![f.daddr(), dport];
+            let map = Set::data_map(TypeSpec::Typeof(key), TypeSpec::Typeof(backend));
+            table.sets.insert(endpoints_map(f, proto, local), map);
+        }
     }
 }
 
-const PROTOCOLS: [L4Proto; 3] = [L4Proto::Tcp, L4Proto::Udp, L4Proto::Sctp];
-
-/// `endpoints-v4-tcp` …
-fn endpoints_map(f: Ipf, proto: L4Proto) -> String {
-    f.name("endpoints") + &format!("-{proto}")
+/// Writes the elements of one Service port.
+struct Elements<'a> {
+    table: &'a mut Table,
+    f: Ipf,
+    sp: &'a ServicePort,
 }
 
-/// `pick-v4-tcp-3` …: the chain for Service ports with `n` endpoints.
-fn pick_chain_name(f: Ipf, proto: L4Proto, n: usize) -> String {
-    f.name("pick") + &format!("-{proto}-{n}")
-}
-
-fn add_service_port(table: &mut Table, sp: &ServicePort, picks: &mut BTreeSet<Pick>) {
-    let f = Ipf::of(&sp.vip);
-    let mut insert = |set: &str, key: Vec<Value>, data: Option<Data>, comment: Option<String>| {
-        let set = table
+impl Elements<'_> {
+    fn insert(&mut self, set: &str, key: Key, data: Option<Data>, comment: bool) {
+        let comment = comment.then(|| self.sp.label.clone());
+        let set = self
+            .table
             .sets
             .get_mut(set)
             .expect("every set is created up front");
         set.elements.insert(key, Element { data, comment });
-    };
-    insert(&f.name("cluster-ips"), vec![addr(&sp.vip)], None, None);
-    let n = sp.backends.len();
-    if n == 0 {
-        return; // not DNATed, so cluster-ips-check rejects it
     }
-    let key = vec![addr(&sp.vip), Value::Proto(sp.proto), Value::Port(sp.port)];
-    let pick = Data::Verdict(Verdict::Goto(pick_chain_name(f, sp.proto, n)));
-    insert(
-        &f.name("service-ports"),
-        key,
-        Some(pick),
-        Some(sp.label.clone()),
-    );
-    picks.insert((f, sp.proto, n));
-    let endpoints = endpoints_map(f, sp.proto);
-    for (slot, (ip, port)) in sp.backends.iter().enumerate() {
-        let slot_key = vec![addr(&sp.vip), Value::Port(sp.port), Value::Int(slot as u32)];
-        let target = Data::Values(vec![addr(ip), Value::Port(*port)]);
-        insert(&endpoints, slot_key, Some(target), None);
-        // An endpoint that reaches itself through its Service must be masqueraded, or it would
-        // answer itself from the wrong address.
-        insert(&f.name("hairpin"), vec![addr(ip), addr(ip)], None, None);
+
+    fn frontend_key(&self, fe: &Frontend) -> Key {
+        vec![
+            addr(&fe.addr),
+            Value::Proto(self.sp.proto),
+            Value::Port(fe.port),
+        ]
     }
-}
 
-/// A shared pick chain, by family, protocol and endpoint count.
-type Pick = (Ipf, L4Proto, usize);
-
-/// The chain for Service ports of family `f` and protocol `proto` with `n` endpoints: mark
-/// off-cluster clients for masquerade, then DNAT to slot `random mod n`.
-fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, n: usize) -> Chain {
-    let mark = Stmt::MetaSet {
-        key: MetaKey::Mark,
-        value: Expr::Bitwise(
-            Box::new(Expr::Meta(MetaKey::Mark)),
-            BinOp::Or,
-            MASQUERADE_MARK,
-        ),
-    };
-    let has_cluster_cidr = f.prefixes(&node.cluster_cidrs).next().is_some();
-    let mut rules = Vec::new();
-    if node.masquerade_all {
-        rules.push(rule(vec![mark]));
-    } else if has_cluster_cidr {
-        let off_cluster = Stmt::differs(f.saddr(), Expr::SetRef(f.name("cluster-cidrs")));
-        rules.push(rule(vec![off_cluster, mark]));
-    }
-    let dport = Expr::Payload(Payload::Dport(proto));
-    let key = vec![f.daddr(), dport, Expr::NumgenRandom(n as u32)];
-    rules.push(rule(vec![Stmt::DnatMap {
-        family: f.nat_family(),
-        key: Expr::Concat(key),
-        map: endpoints_map(f, proto),
-    }]));
-    Chain::regular(rules)
-}
-
-/// Hooks and the chains that do not depend on the Services.
-fn add_fixed_chains(table: &mut Table) {
-    use ChainType::{Filter, Nat};
-    let ct_new = || {
-        Stmt::matches(
-            Expr::Ct(CtKey::State),
-            Expr::Value(Value::CtState(CtState::New)),
-        )
-    };
-    let mark = || Expr::Meta(MetaKey::Mark);
-    let mut services = Vec::new();
-    let mut check = Vec::new();
-    let mut postrouting = Vec::new();
-    for f in FAMILIES {
-        services.push(rule(vec![Stmt::Vmap {
-            key: Expr::Concat(f.service_key()),
-            map: f.name("service-ports"),
-        }]));
-        let to = |set: &str| Stmt::matches(f.daddr(), Expr::SetRef(f.name(set)));
-        check.push(
-            rule(vec![to("cluster-ips"), goto("reject-chain")])
-                .with_comment("cluster IP, but no endpoint for this port"),
+    fn add(&mut self, picks: &mut BTreeSet<(Ipf, L4Proto, Pick)>) {
+        let (f, sp) = (self.f, self.sp);
+        self.insert(
+            &f.name("cluster-ips"),
+            vec![addr(&sp.cluster_ip.addr)],
+            None,
+            false,
         );
-        check.push(
-            rule(vec![to("service-cidrs"), Stmt::Verdict(Verdict::Drop)])
-                .with_comment("service CIDR address no Service owns"),
-        );
-        let pair = Expr::Concat(vec![f.saddr(), f.daddr()]);
-        postrouting.push(
-            rule(vec![
-                Stmt::matches(Expr::Ct(CtKey::Status), Expr::Value(Value::CtStatusDnat)),
-                Stmt::matches(pair, Expr::SetRef(f.name("hairpin"))),
-                Stmt::Masquerade,
-            ])
-            .with_comment("hairpin: an endpoint reached itself"),
-        );
+        let chosen = &sp.endpoints;
+        if !chosen.any {
+            // Not DNATed: cluster-ips-check refuses the cluster IP, no-endpoints the others.
+            for fe in sp.external.iter().chain(&sp.load_balancers) {
+                self.insert(&f.name("no-endpoints"), self.frontend_key(fe), None, true);
+            }
+            return;
+        }
+        let internal = if sp.internal_local && chosen.local.is_empty() {
+            None
+        } else {
+            Some(Pick::Internal {
+                local: sp.internal_local,
+                n: if sp.internal_local {
+                    chosen.local.len()
+                } else {
+                    chosen.cluster.len()
+                },
+            })
+        };
+        self.frontend(&sp.cluster_ip, internal, picks);
+        let external = if sp.external_local {
+            Pick::ExternalLocal {
+                local: chosen.local.len(),
+                cluster: chosen.cluster.len(),
+            }
+        } else {
+            Pick::External {
+                n: chosen.cluster.len(),
+            }
+        };
+        for fe in sp.external.iter().chain(&sp.load_balancers) {
+            self.frontend(fe, Some(external), picks);
+        }
+        if !sp.allowed_sources.is_empty() {
+            for fe in &sp.load_balancers {
+                let key = self.frontend_key(fe);
+                self.insert(&f.name("firewalled"), key.clone(), None, true);
+                for range in &sp.allowed_sources {
+                    let mut source = key.clone();
+                    source.push(Value::Prefix(*range));
+                    self.insert(&f.name("lb-sources"), source, None, false);
+                }
+            }
+        }
+        for (ip, _) in chosen.cluster.iter().chain(&chosen.local) {
+            // An endpoint that reaches itself through its Service must be masqueraded, or it
+            // would answer itself from the wrong address.
+            self.insert(&f.name("hairpin"), vec![addr(ip), addr(ip)], None, false);
+        }
     }
-    let marked = Expr::Bitwise(Box::new(mark()), BinOp::And, MASQUERADE_MARK);
-    postrouting.extend([
-        rule(vec![
-            Stmt::matches(marked, Expr::Value(Value::Bits(0))),
-            Stmt::Verdict(Verdict::Return),
-        ]),
-        rule(vec![Stmt::MetaSet {
-            key: MetaKey::Mark,
-            value: Expr::Bitwise(Box::new(mark()), BinOp::Xor, MASQUERADE_MARK),
-        }]),
-        rule(vec![Stmt::Masquerade]),
-    ]);
-    // A TCP reset refuses at once whatever the load: ICMP errors are rate-limited by the
-    // kernel, and one that arrives while the client's socket is busy only counts as a soft
-    // error, so the client waits for its SYN retransmission.
-    let tcp = Stmt::matches(
-        Expr::Meta(MetaKey::L4Proto),
-        Expr::Value(Value::Proto(L4Proto::Tcp)),
-    );
-    let reject = vec![
-        rule(vec![tcp, Stmt::Reject(RejectWith::TcpReset)]),
-        rule(vec![Stmt::Reject(RejectWith::PortUnreachable)]),
-    ];
-    let check_new = || vec![rule(vec![ct_new(), jump("cluster-ips-check")])];
-    let chains = [
-        ("services", Chain::regular(services)),
-        ("cluster-ips-check", Chain::regular(check)),
-        ("reject-chain", Chain::regular(reject)),
-        (
-            "nat-prerouting",
-            base(
-                Nat,
-                Hook::Prerouting,
-                -100,
-                vec![rule(vec![jump("services")])],
-            ),
-        ),
-        (
-            "nat-output",
-            base(Nat, Hook::Output, -100, vec![rule(vec![jump("services")])]),
-        ),
-        (
-            "nat-postrouting",
-            base(Nat, Hook::Postrouting, 100, postrouting),
-        ),
-        // After DNAT (-100): what still heads for a cluster IP was not DNATed.
-        (
-            "filter-prerouting",
-            base(Filter, Hook::Prerouting, -90, check_new()),
-        ),
-        (
-            "filter-output",
-            base(Filter, Hook::Output, -90, check_new()),
-        ),
-    ];
-    for (name, chain) in chains {
-        table.chains.insert(name.to_string(), chain);
-    }
-}
 
-/// Sorted, de-duplicated backends: the slot order of the endpoints map.
-pub fn sorted(backends: impl IntoIterator<Item = (IpAddr, u16)>) -> Vec<(IpAddr, u16)> {
-    backends
-        .into_iter()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
+    /// Route one frontend: to a pick chain (filling the endpoint maps it reads), or, with no
+    /// pick, DROP.
+    fn frontend(
+        &mut self,
+        fe: &Frontend,
+        pick: Option<Pick>,
+        picks: &mut BTreeSet<(Ipf, L4Proto, Pick)>,
+    ) {
+        let (f, sp) = (self.f, self.sp);
+        let key = self.frontend_key(fe);
+        let verdict = match pick {
+            None => Verdict::Drop,
+            Some(pick) => {
+                let chain = chains::register(picks, f, sp.proto, pick);
+                let (cluster, local) = pick.maps();
+                if cluster {
+                    self.backends(fe, false, &sp.endpoints.cluster);
+                }
+                if local {
+                    self.backends(fe, true, &sp.endpoints.local);
+                }
+                Verdict::Goto(chain)
+            }
+        };
+        self.insert(
+            &f.name("service-ports"),
+            key.clone(),
+            Some(Data::Verdict(verdict)),
+            true,
+        );
+        if let Some(timeout) = sp.affinity_timeout {
+            let remember = Verdict::Jump(chains::remember_chain(f, sp.proto, timeout));
+            self.insert(
+                &f.name("affinity-ports"),
+                key,
+                Some(Data::Verdict(remember)),
+                false,
+            );
+        }
+    }
+
+    fn backends(&mut self, fe: &Frontend, local: bool, backends: &[Backend]) {
+        let map = endpoints_map(self.f, self.sp.proto, local);
+        for (slot, (ip, port)) in backends.iter().enumerate() {
+            let key = vec![
+                addr(&fe.addr),
+                Value::Port(fe.port),
+                Value::Int(slot as u32),
+            ];
+            let target = Data::Values(vec![addr(ip), Value::Port(*port)]);
+            self.insert(&map, key, Some(target), false);
+        }
+    }
 }

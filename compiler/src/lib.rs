@@ -5,21 +5,23 @@
 //! builds is ordered, so the same objects in any order give a byte-identical ruleset. Invalid
 //! objects are reported as [`Diagnostic`]s and left out; everything else still compiles.
 
+mod chains;
 mod diagnostic;
+mod endpoints;
+mod family;
 mod layout;
 pub mod manifest;
 mod model;
 mod node;
+mod services;
 
+pub use chains::MASQUERADE_MARK;
 pub use diagnostic::{Diagnostic, ObjectId, Origin};
-pub use layout::MASQUERADE_MARK;
 pub use manifest::{parse, Object, Resource};
 pub use node::{NodeFacts, DEFAULT_TABLE};
 
-use layout::ServicePort;
-use model::{Invalid, ServiceInfo, ServiceName, Shape, SliceInfo};
+use model::{Invalid, ServiceInfo, ServiceName, SliceInfo};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use svc_nft_ir::Table;
 
 /// The compiled table and what was rejected on the way.
@@ -100,96 +102,22 @@ pub fn compile(objects: &[Object], node: &NodeFacts) -> Compiled {
 
     let mut notes = Vec::new();
     let mut ports = Vec::new();
-    let mut owners: BTreeMap<IpAddr, &ServiceName> = BTreeMap::new();
+    let mut claims = services::Claims::default();
+    let no_slices = Vec::new();
     for (name, (info, obj)) in &services {
-        let shown = format!("{}/{}", name.0, name.1);
-        let ips = match &info.shape {
-            Shape::ClusterIps(ips) => ips,
-            Shape::Headless => {
-                notes.push(format!(
-                    "{shown}: headless (clusterIP: None): DNS only, no rules"
-                ));
-                continue;
-            }
-            Shape::ExternalName(target) => {
-                notes.push(format!(
-                    "{shown}: ExternalName {target}: DNS only, no rules"
-                ));
-                continue;
-            }
-            Shape::Unallocated => {
-                notes.push(format!("{shown}: no cluster IP allocated yet, no rules"));
-                continue;
-            }
-        };
-        if let Some((ip, owner)) = ips.iter().find_map(|ip| owners.get(ip).map(|o| (ip, o))) {
-            let msg = format!("{ip} is already the cluster IP of {}/{}", owner.0, owner.1);
-            reject(
-                obj,
-                Invalid {
-                    field: "spec.clusterIPs".into(),
-                    message: msg,
-                },
-            );
-            continue;
-        }
-        owners.extend(ips.iter().map(|ip| (*ip, name)));
-        let no_slices = Vec::new();
         let service_slices = slices.get(name).unwrap_or(&no_slices);
-        for ip in ips {
-            for port in &info.ports {
-                let label = match port.name.as_str() {
-                    "" => shown.clone(),
-                    port_name => format!("{shown}:{port_name}"),
-                };
-                let backends = layout::sorted(backends(service_slices, ip, port));
-                if backends.is_empty() {
-                    notes.push(format!(
-                        "{label} ({}): no ready endpoint: REJECT",
-                        socket(ip, port.port)
-                    ));
-                }
-                ports.push(ServicePort {
-                    vip: *ip,
-                    proto: port.proto,
-                    port: port.port,
-                    label,
-                    backends,
-                });
+        match services::expand(name, info, service_slices, node, &mut claims) {
+            Ok(expanded) => {
+                ports.extend(expanded.ports);
+                notes.extend(expanded.notes);
             }
+            Err(e) => reject(obj, e),
         }
     }
     Compiled {
         table: layout::build(node, &ports, notes),
         diagnostics,
     }
-}
-
-/// `ip:port`, bracketing v6 addresses.
-fn socket(ip: &IpAddr, port: u16) -> String {
-    std::net::SocketAddr::new(*ip, port).to_string()
-}
-
-/// Ready endpoints of the Service port on the cluster IP's family. A slice maps the Service
-/// port by name and protocol to the number its Pods listen on, which is how named
-/// targetPorts resolve per endpoint.
-fn backends<'a>(
-    slices: &'a [SliceInfo],
-    vip: &'a IpAddr,
-    port: &'a model::Port,
-) -> impl Iterator<Item = (IpAddr, u16)> + 'a {
-    slices.iter().flat_map(move |slice| {
-        let number = slice
-            .ports
-            .iter()
-            .find(|p| p.name == port.name && p.proto == port.proto)
-            .map(|p| p.port);
-        slice
-            .endpoints
-            .iter()
-            .filter(move |ep| ep.ready && ep.ip.is_ipv6() == vip.is_ipv6())
-            .filter_map(move |ep| Some((ep.ip, number?)))
-    })
 }
 
 /// Whether v1 Endpoints are mirrored into a slice: only for Services without a selector (the

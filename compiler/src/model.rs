@@ -1,6 +1,7 @@
 //! Validation: k8s-openapi objects in, the compiler's own checked model out. Every check names
 //! the field it rejects, so the user can find it.
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::net::IpAddr;
@@ -44,12 +45,32 @@ pub struct Port {
     pub port: u16,
 }
 
+/// A port of a Service, and its NodePort if it has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub port: Port,
+    pub node_port: Option<u16>,
+}
+
 /// A validated Service.
 #[derive(Clone, Debug)]
 pub struct ServiceInfo {
     pub shape: Shape,
     pub has_selector: bool,
-    pub ports: Vec<Port>,
+    pub ports: Vec<ServicePort>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`, without those whose `ipMode` is `Proxy` (the load
+    /// balancer itself delivers to the node, so the node must not claim the address).
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges`: who may use the load-balancer IPs (empty: anyone).
+    pub source_ranges: Vec<IpNet>,
+    /// `externalTrafficPolicy: Local`.
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+    /// `sessionAffinity: ClientIP`: how long a client stays with its endpoint, in seconds.
+    pub affinity_timeout: Option<u32>,
 }
 
 /// A validated set of endpoints of one address family: an EndpointSlice, or the mirror of one
@@ -61,10 +82,30 @@ pub struct SliceInfo {
     pub endpoints: Vec<EndpointInfo>,
 }
 
+/// One endpoint, with the conditions and placement that decide who may use it.
 #[derive(Clone, Debug)]
 pub struct EndpointInfo {
     pub ip: IpAddr,
     pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+    /// `hints.forZones`; `None` when the endpoint has no zone hints.
+    pub zones: Option<Vec<String>>,
+}
+
+impl EndpointInfo {
+    /// A ready endpoint of v1 Endpoints, which carry no other conditions.
+    fn plain(ip: IpAddr, ready: bool, node_name: Option<String>) -> EndpointInfo {
+        EndpointInfo {
+            ip,
+            ready,
+            serving: ready,
+            terminating: false,
+            node_name,
+            zones: None,
+        }
+    }
 }
 
 fn port_number(field: String, port: i32) -> Result<u16, Invalid> {
@@ -99,26 +140,105 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Invalid> {
     let Some(spec) = &svc.spec else {
         return invalid("spec", "is required");
     };
-    let mut ports = Vec::new();
-    for (i, p) in spec.ports.iter().flatten().enumerate() {
-        ports.push(Port {
-            name: p.name.clone().unwrap_or_default(),
-            proto: protocol(format!("spec.ports[{i}].protocol"), p.protocol.as_deref())?,
-            port: port_number(format!("spec.ports[{i}].port"), p.port)?,
-        });
-    }
-    let has_selector = spec.selector.as_ref().is_some_and(|s| !s.is_empty());
-    let shape = match spec.type_.as_deref().unwrap_or("ClusterIP") {
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let shape = match kind {
         "ExternalName" => Shape::ExternalName(spec.external_name.clone().unwrap_or_default()),
         "ClusterIP" | "NodePort" | "LoadBalancer" => cluster_ips(svc)?,
         other => return invalid("spec.type", format!("unknown Service type {other:?}")),
     };
+    let has_node_ports = matches!(kind, "NodePort" | "LoadBalancer");
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let port = Port {
+            name: p.name.clone().unwrap_or_default(),
+            proto: protocol(format!("spec.ports[{i}].protocol"), p.protocol.as_deref())?,
+            port: port_number(format!("spec.ports[{i}].port"), p.port)?,
+        };
+        let node_port = match p.node_port {
+            Some(n) if has_node_ports => Some(port_number(format!("spec.ports[{i}].nodePort"), n)?),
+            _ => None,
+        };
+        ports.push(ServicePort { port, node_port });
+    }
+    let ips = |field: &str, list: &Option<Vec<String>>| -> Result<Vec<IpAddr>, Invalid> {
+        let list = list.iter().flatten().enumerate();
+        list.map(|(i, a)| ip(format!("{field}[{i}]"), a)).collect()
+    };
+    let mut load_balancer_ips = Vec::new();
+    if kind == "LoadBalancer" {
+        let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref());
+        for (i, ing) in ingress
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let Some(text) = &ing.ip else { continue };
+            if ing.ip_mode.as_deref() == Some("Proxy") {
+                continue;
+            }
+            load_balancer_ips.push(ip(format!("status.loadBalancer.ingress[{i}].ip"), text)?);
+        }
+    }
+    let mut source_ranges = Vec::new();
+    for (i, r) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = format!("spec.loadBalancerSourceRanges[{i}]");
+        match r.trim().parse::<IpNet>() {
+            Ok(net) => source_ranges.push(net.trunc()),
+            Err(_) => return invalid(field, format!("{r:?} is not a CIDR")),
+        }
+    }
+    let policy = |field: &str, value: &Option<String>| match value.as_deref() {
+        None | Some("Cluster") => Ok(false),
+        Some("Local") => Ok(true),
+        Some(other) => invalid(
+            field,
+            format!("unknown traffic policy {other:?} (Cluster or Local)"),
+        ),
+    };
+    let affinity_timeout = match spec.session_affinity.as_deref() {
+        None | Some("None") => None,
+        Some("ClientIP") => {
+            let config = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref());
+            match config.and_then(|c| c.timeout_seconds) {
+                None => Some(DEFAULT_AFFINITY_TIMEOUT),
+                Some(t @ 1..=86400) => Some(t as u32),
+                Some(t) => {
+                    let field = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
+                    return invalid(field, format!("{t} is not in 1..=86400"));
+                }
+            }
+        }
+        Some(other) => {
+            return invalid(
+                "spec.sessionAffinity",
+                format!("unknown affinity {other:?}"),
+            )
+        }
+    };
     Ok(ServiceInfo {
         shape,
-        has_selector,
+        has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
         ports,
+        external_ips: ips("spec.externalIPs", &spec.external_ips)?,
+        load_balancer_ips,
+        source_ranges,
+        external_local: policy("spec.externalTrafficPolicy", &spec.external_traffic_policy)?,
+        internal_local: policy("spec.internalTrafficPolicy", &spec.internal_traffic_policy)?,
+        affinity_timeout,
     })
 }
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset: three hours.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
 fn cluster_ips(svc: &Service) -> Result<Shape, Invalid> {
     let spec = svc.spec.as_ref().expect("checked by the caller");
@@ -189,10 +309,16 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<SliceInfo>, Invali
             return invalid(field, msg);
         }
         let conditions = ep.conditions.as_ref();
+        // Unknown conditions count as ready and serving, not terminating (the API's reading).
+        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+        let zones = ep.hints.as_ref().and_then(|h| h.for_zones.as_ref());
         endpoints.push(EndpointInfo {
             ip: addr,
-            // Unknown readiness counts as ready (the API's documented reading).
-            ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+            ready,
+            serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            node_name: ep.node_name.clone(),
+            zones: zones.map(|z| z.iter().map(|z| z.name.clone()).collect()),
         });
     }
     Ok(Some(SliceInfo {
@@ -216,9 +342,15 @@ pub fn endpoints(eps: &Endpoints) -> Result<Vec<SliceInfo>, Invalid> {
             ("notReadyAddresses", false, &subset.not_ready_addresses),
         ];
         for (list, ready, addresses) in lists {
-            for (a, EndpointAddress { ip: text, .. }) in addresses.iter().flatten().enumerate() {
+            for (a, address) in addresses.iter().flatten().enumerate() {
+                let EndpointAddress {
+                    ip: text,
+                    node_name,
+                    ..
+                } = address;
                 let addr = ip(format!("subsets[{s}].{list}[{a}].ip"), text)?;
-                by_family[usize::from(addr.is_ipv6())].push(EndpointInfo { ip: addr, ready });
+                let endpoint = EndpointInfo::plain(addr, ready, node_name.clone());
+                by_family[usize::from(addr.is_ipv6())].push(endpoint);
             }
         }
         for endpoints in by_family.into_iter().filter(|e| !e.is_empty()) {

@@ -45,6 +45,8 @@ pub enum Value {
     CtState(CtState),
     /// The `dnat` bit of `ct status`.
     CtStatusDnat,
+    /// The `local` address type of `fib … type`.
+    LocalAddress,
 }
 
 /// The nft datatypes used in `type` declarations of sets and maps.
@@ -82,6 +84,11 @@ pub enum MetaKey {
 pub enum CtKey {
     State,
     Status,
+    /// The destination address of the connection's original direction (before DNAT).
+    OriginalIpDaddr,
+    OriginalIp6Daddr,
+    /// The destination port of the original direction (`ct original proto-dst`).
+    OriginalProtoDst,
 }
 
 /// Bitwise operators on an expression and a constant.
@@ -116,6 +123,8 @@ pub enum Expr {
     AnonSet(Vec<Value>),
     /// A named set of the same table: `@name`.
     SetRef(String),
+    /// `fib saddr type`: what kind of address the source is on this host (e.g. local).
+    FibSaddrType,
 }
 
 /// How a `reject` answers.
@@ -170,6 +179,13 @@ pub enum Stmt {
     },
     /// `masquerade fully-random`.
     Masquerade,
+    /// `update @set { key [timeout Ns] [: data] }`: add or refresh an element from the packet.
+    Update {
+        set: String,
+        key: Expr,
+        timeout: Option<u32>,
+        data: Option<Expr>,
+    },
     /// `meta <key> set value`.
     MetaSet {
         key: MetaKey,
@@ -211,6 +227,7 @@ impl Stmt {
                 })
                 .collect(),
             Stmt::Vmap { map, .. } | Stmt::DnatMap { map, .. } => vec![map],
+            Stmt::Update { set, .. } => vec![set],
             _ => vec![],
         }
     }

@@ -76,6 +76,7 @@ impl Display for Value {
             Value::CtState(CtState::Established) => f.write_str("established"),
             Value::CtState(CtState::Related) => f.write_str("related"),
             Value::CtStatusDnat => f.write_str("dnat"),
+            Value::LocalAddress => f.write_str("local"),
         }
     }
 }
@@ -115,6 +116,10 @@ impl Display for Expr {
             Expr::Meta(MetaKey::Mark) => f.write_str("meta mark"),
             Expr::Ct(CtKey::State) => f.write_str("ct state"),
             Expr::Ct(CtKey::Status) => f.write_str("ct status"),
+            Expr::Ct(CtKey::OriginalIpDaddr) => f.write_str("ct original ip daddr"),
+            Expr::Ct(CtKey::OriginalIp6Daddr) => f.write_str("ct original ip6 daddr"),
+            Expr::Ct(CtKey::OriginalProtoDst) => f.write_str("ct original proto-dst"),
+            Expr::FibSaddrType => f.write_str("fib saddr type"),
             Expr::NumgenRandom(n) => write!(f, "numgen random mod {n}"),
             Expr::Concat(parts) => f.write_str(&join(parts, " . ")),
             Expr::Bitwise(e, op, v) => {
@@ -161,6 +166,21 @@ impl Display for Stmt {
             Stmt::DnatMap { family, key, map } => write!(f, "dnat {family} to {key} map @{map}"),
             Stmt::Masquerade => f.write_str("masquerade fully-random"),
             Stmt::MetaSet { key, value } => write!(f, "{} set {value}", Expr::Meta(*key)),
+            Stmt::Update {
+                set,
+                key,
+                timeout,
+                data,
+            } => {
+                write!(f, "update @{set} {{ {key}")?;
+                if let Some(t) = timeout {
+                    write!(f, " timeout {t}s")?;
+                }
+                if let Some(d) = data {
+                    write!(f, " : {d}")?;
+                }
+                f.write_str(" }")
+            }
             Stmt::Reject(RejectWith::PortUnreachable) => f.write_str("reject"),
             Stmt::Reject(RejectWith::TcpReset) => f.write_str("reject with tcp reset"),
             Stmt::Counter => f.write_str("counter"),

@@ -55,13 +55,17 @@ pub struct NodeArgs {
     /// This node's IP addresses (v4 and/or v6).
     #[arg(long = "node-ip", value_delimiter = ',')]
     pub node_ips: Vec<IpAddr>,
+    /// This node's zone (its topology.kubernetes.io/zone label), for topology hints.
+    #[arg(long)]
+    pub node_zone: Option<String>,
     /// Pod CIDRs; traffic to Services from outside them is masqueraded.
     #[arg(long = "cluster-cidr", value_delimiter = ',')]
     pub cluster_cidrs: Vec<IpNet>,
     /// Service CIDRs; addresses in them that no Service owns are dropped.
     #[arg(long = "service-cidr", value_delimiter = ',')]
     pub service_cidrs: Vec<IpNet>,
-    /// CIDRs whose node addresses accept NodePorts (default: the node IPs).
+    /// CIDRs whose node addresses accept NodePorts (default: every node IP; loopback only if
+    /// a CIDR names it).
     #[arg(long = "nodeport-addresses", value_delimiter = ',')]
     pub nodeport_addresses: Vec<IpNet>,
     /// Masquerade all traffic sent to Services.
@@ -75,6 +79,7 @@ impl NodeArgs {
             table: self.table.clone(),
             node_name: self.node_name.clone(),
             node_ips: self.node_ips.clone(),
+            zone: self.node_zone.clone(),
             cluster_cidrs: self.cluster_cidrs.clone(),
             service_cidrs: self.service_cidrs.clone(),
             nodeport_addresses: self.nodeport_addresses.clone(),

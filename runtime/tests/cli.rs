@@ -76,7 +76,7 @@ fn compile_reads_stdin_and_replaces_the_table() {
     let script = text(&out.stdout);
     assert!(script.starts_with("table inet kp {}\ndelete table inet kp\n"));
     assert!(
-        script.contains("# default/redis (10.97.97.97:6379): no ready endpoint: REJECT"),
+        script.contains("# default/redis (10.97.97.97:6379): no usable endpoint: REJECT"),
         "{script}"
     );
 }

@@ -1,0 +1,356 @@
+//! The chains: hooks, the frontend lookup, the shared pick chains, and the checks that REJECT
+//! or DROP what no Service port takes.
+
+use crate::family::{Ipf, FAMILIES};
+use crate::layout::{endpoints_map, PROTOCOLS};
+use crate::node::NodeFacts;
+use std::collections::BTreeSet;
+use svc_nft_ir::{
+    BaseChain, BinOp, Chain, ChainType, CtKey, CtState, Expr, Hook, L4Proto, MetaKey, Payload,
+    RejectWith, Rule, Stmt, Table, Value, Verdict,
+};
+
+/// The packet-mark bit that asks nat-postrouting to masquerade (kube-proxy's bit).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+
+/// How a frontend's traffic picks its endpoint. Chains are shared by every Service port with
+/// the same kind, family, protocol and endpoint counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Pick {
+    /// Traffic to a cluster IP: masquerade only off-cluster clients (or all, with
+    /// `--masquerade-all`); `local`: this node's endpoints (`internalTrafficPolicy: Local`).
+    Internal { local: bool, n: usize },
+    /// External traffic with `externalTrafficPolicy: Cluster`: always masqueraded.
+    External { n: usize },
+    /// External traffic with `externalTrafficPolicy: Local`: this node's endpoints, client
+    /// address kept; DROP without one. Pods and the node itself are short-circuited to all
+    /// endpoints, as kube-proxy does.
+    ExternalLocal { local: usize, cluster: usize },
+}
+
+impl Pick {
+    /// Which endpoint maps the chain reads: (all endpoints, local endpoints).
+    pub fn maps(self) -> (bool, bool) {
+        match self {
+            Pick::Internal { local, .. } => (!local, local),
+            Pick::External { .. } => (true, false),
+            Pick::ExternalLocal { local, .. } => (true, local > 0),
+        }
+    }
+
+    fn name(self, f: Ipf, proto: L4Proto) -> String {
+        match self {
+            Pick::Internal { local: false, n } => f.name("pick") + &format!("-{proto}-{n}"),
+            Pick::Internal { local: true, n } => f.name("pick-local") + &format!("-{proto}-{n}"),
+            Pick::External { n } => f.name("external") + &format!("-{proto}-{n}"),
+            Pick::ExternalLocal { local, cluster } => {
+                f.name("external-local") + &format!("-{proto}-{local}-{cluster}")
+            }
+        }
+    }
+}
+
+/// Note that `pick` is used (and the chains it goes to); returns its chain's name.
+pub fn register(
+    picks: &mut BTreeSet<(Ipf, L4Proto, Pick)>,
+    f: Ipf,
+    proto: L4Proto,
+    pick: Pick,
+) -> String {
+    picks.insert((f, proto, pick));
+    if let Pick::ExternalLocal { cluster, .. } = pick {
+        picks.insert((
+            f,
+            proto,
+            Pick::Internal {
+                local: false,
+                n: cluster,
+            },
+        ));
+    }
+    pick.name(f, proto)
+}
+
+/// The chain that records a client's endpoint for `timeout` seconds.
+pub fn remember_chain(f: Ipf, proto: L4Proto, timeout: u32) -> String {
+    f.name("remember") + &format!("-{proto}-{timeout}s")
+}
+
+/// `meta l4proto P`: also what lets nft 1.0.6 type `ct original proto-dst` (without it: "can
+/// not use variable sized data types").
+fn is_proto(proto: L4Proto) -> Stmt {
+    matches_value(Expr::Meta(MetaKey::L4Proto), Value::Proto(proto))
+}
+
+fn rule(stmts: Vec<Stmt>) -> Rule {
+    Rule::new(stmts)
+}
+
+fn jump(chain: &str) -> Stmt {
+    Stmt::Verdict(Verdict::Jump(chain.into()))
+}
+
+fn goto(chain: &str) -> Stmt {
+    Stmt::Verdict(Verdict::Goto(chain.into()))
+}
+
+fn matches_value(left: Expr, value: Value) -> Stmt {
+    Stmt::matches(left, Expr::Value(value))
+}
+
+fn set_mark() -> Stmt {
+    Stmt::MetaSet {
+        key: MetaKey::Mark,
+        value: Expr::Bitwise(
+            Box::new(Expr::Meta(MetaKey::Mark)),
+            BinOp::Or,
+            MASQUERADE_MARK,
+        ),
+    }
+}
+
+fn base(kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
+    Chain::base(
+        BaseChain {
+            kind,
+            hook,
+            priority,
+        },
+        rules,
+    )
+}
+
+/// Add every chain: the fixed ones, the pick chains in use, the affinity recorders in use.
+pub fn add(
+    table: &mut Table,
+    node: &NodeFacts,
+    picks: &BTreeSet<(Ipf, L4Proto, Pick)>,
+    remembers: &BTreeSet<(Ipf, L4Proto, u32)>,
+) {
+    for &(f, proto, pick) in picks {
+        table
+            .chains
+            .insert(pick.name(f, proto), pick_chain(node, f, proto, pick));
+    }
+    for &(f, proto, timeout) in remembers {
+        let chain = remember(f, proto, timeout);
+        table
+            .chains
+            .insert(remember_chain(f, proto, timeout), chain);
+    }
+    add_fixed_chains(table);
+}
+
+/// DNAT to the recorded endpoint of a client with session affinity, if there is one, else to
+/// slot `random mod n` of the map.
+fn dnat(f: Ipf, proto: L4Proto, local: bool, n: usize) -> Vec<Rule> {
+    let client = [f.saddr()].into_iter().chain(f.frontend_key());
+    let dport = Expr::Payload(Payload::Dport(proto));
+    vec![
+        rule(vec![Stmt::DnatMap {
+            family: f.nat_family(),
+            key: Expr::Concat(client.collect()),
+            map: f.name("affinity"),
+        }]),
+        rule(vec![Stmt::DnatMap {
+            family: f.nat_family(),
+            key: Expr::Concat(vec![f.daddr(), dport, Expr::NumgenRandom(n as u32)]),
+            map: endpoints_map(f, proto, local),
+        }]),
+    ]
+}
+
+fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> Chain {
+    let mut rules = Vec::new();
+    match pick {
+        Pick::Internal { local, n } => {
+            let has_cluster_cidr = f.prefixes(&node.cluster_cidrs).next().is_some();
+            if node.masquerade_all {
+                rules.push(rule(vec![set_mark()]));
+            } else if has_cluster_cidr {
+                let off_cluster = Stmt::differs(f.saddr(), Expr::SetRef(f.name("cluster-cidrs")));
+                rules.push(rule(vec![off_cluster, set_mark()]));
+            }
+            rules.extend(dnat(f, proto, local, n));
+        }
+        Pick::External { n } => {
+            rules.push(rule(vec![set_mark()]));
+            rules.extend(dnat(f, proto, false, n));
+        }
+        Pick::ExternalLocal { local, cluster } => {
+            let all = Pick::Internal {
+                local: false,
+                n: cluster,
+            }
+            .name(f, proto);
+            if f.prefixes(&node.cluster_cidrs).next().is_some() {
+                let from_pod = Stmt::matches(f.saddr(), Expr::SetRef(f.name("cluster-cidrs")));
+                rules.push(
+                    rule(vec![from_pod, goto(&all)]).with_comment("pod traffic: all endpoints"),
+                );
+            }
+            let from_node = matches_value(Expr::FibSaddrType, Value::LocalAddress);
+            rules.push(
+                rule(vec![from_node, set_mark(), goto(&all)])
+                    .with_comment("node traffic: all endpoints, masqueraded"),
+            );
+            if local == 0 {
+                rules.push(
+                    rule(vec![Stmt::Verdict(Verdict::Drop)])
+                        .with_comment("no endpoint on this node"),
+                );
+            } else {
+                rules.extend(dnat(f, proto, true, local));
+            }
+        }
+    }
+    Chain::regular(rules)
+}
+
+/// Record which endpoint the client got, keyed by what it asked for (before DNAT).
+fn remember(f: Ipf, proto: L4Proto, timeout: u32) -> Chain {
+    let key = vec![
+        f.saddr(),
+        f.original_daddr(),
+        Expr::Meta(MetaKey::L4Proto),
+        Expr::Ct(CtKey::OriginalProtoDst),
+    ];
+    let update = Stmt::Update {
+        set: f.name("affinity"),
+        key: Expr::Concat(key),
+        timeout: Some(timeout),
+        data: Some(Expr::Concat(vec![
+            f.daddr(),
+            Expr::Payload(Payload::Dport(proto)),
+        ])),
+    };
+    Chain::regular(vec![rule(vec![is_proto(proto), update])])
+}
+
+/// Hooks and the chains that do not depend on the Services.
+fn add_fixed_chains(table: &mut Table) {
+    use ChainType::{Filter, Nat};
+    let ct_new = || matches_value(Expr::Ct(CtKey::State), Value::CtState(CtState::New));
+    let ct_dnat = || matches_value(Expr::Ct(CtKey::Status), Value::CtStatusDnat);
+    let mark = || Expr::Meta(MetaKey::Mark);
+    let mut services = Vec::new();
+    let mut check = Vec::new();
+    let mut firewall = Vec::new();
+    let mut postrouting = Vec::new();
+    for f in FAMILIES {
+        let frontend = || Expr::Concat(f.frontend_key());
+        let set = |name: &str| Expr::SetRef(f.name(name));
+        services.push(rule(vec![Stmt::Vmap {
+            key: frontend(),
+            map: f.name("service-ports"),
+        }]));
+        check.extend([
+            rule(vec![
+                Stmt::matches(frontend(), set("no-endpoints")),
+                goto("reject-chain"),
+            ])
+            .with_comment("external address of a Service without endpoints"),
+            rule(vec![
+                Stmt::matches(f.daddr(), set("cluster-ips")),
+                goto("reject-chain"),
+            ])
+            .with_comment("cluster IP, but no endpoint for this port"),
+            rule(vec![
+                Stmt::matches(f.daddr(), set("service-cidrs")),
+                Stmt::Verdict(Verdict::Drop),
+            ])
+            .with_comment("service CIDR address no Service owns"),
+        ]);
+        let mut source = f.frontend_key();
+        source.push(f.saddr());
+        firewall.push(
+            rule(vec![
+                Stmt::matches(frontend(), set("firewalled")),
+                Stmt::differs(Expr::Concat(source), set("lb-sources")),
+                Stmt::Verdict(Verdict::Drop),
+            ])
+            .with_comment("loadBalancerSourceRanges"),
+        );
+        for proto in PROTOCOLS {
+            let original = Expr::Concat(vec![
+                f.original_daddr(),
+                Expr::Meta(MetaKey::L4Proto),
+                Expr::Ct(CtKey::OriginalProtoDst),
+            ]);
+            let remember = Stmt::Vmap {
+                key: original,
+                map: f.name("affinity-ports"),
+            };
+            postrouting.push(rule(vec![is_proto(proto), ct_dnat(), remember]));
+        }
+        let pair = Expr::Concat(vec![f.saddr(), f.daddr()]);
+        postrouting.push(
+            rule(vec![
+                ct_dnat(),
+                Stmt::matches(pair, set("hairpin")),
+                Stmt::Masquerade,
+            ])
+            .with_comment("hairpin: an endpoint reached itself"),
+        );
+    }
+    let marked = Expr::Bitwise(Box::new(mark()), BinOp::And, MASQUERADE_MARK);
+    postrouting.extend([
+        rule(vec![
+            matches_value(marked, Value::Bits(0)),
+            Stmt::Verdict(Verdict::Return),
+        ]),
+        rule(vec![Stmt::MetaSet {
+            key: MetaKey::Mark,
+            value: Expr::Bitwise(Box::new(mark()), BinOp::Xor, MASQUERADE_MARK),
+        }]),
+        rule(vec![Stmt::Masquerade]),
+    ]);
+    // A TCP reset refuses at once whatever the load: ICMP errors are rate-limited by the
+    // kernel, and one that arrives while the client's socket is busy only counts as a soft
+    // error, so the client waits for its SYN retransmission.
+    let reject = vec![
+        rule(vec![
+            is_proto(L4Proto::Tcp),
+            Stmt::Reject(RejectWith::TcpReset),
+        ]),
+        rule(vec![Stmt::Reject(RejectWith::PortUnreachable)]),
+    ];
+    let when_new = |chain: &str| vec![rule(vec![ct_new(), jump(chain)])];
+    let to_services = || vec![rule(vec![jump("services")])];
+    let chains = [
+        ("services", Chain::regular(services)),
+        ("cluster-ips-check", Chain::regular(check)),
+        ("firewall-check", Chain::regular(firewall)),
+        ("reject-chain", Chain::regular(reject)),
+        (
+            "nat-prerouting",
+            base(Nat, Hook::Prerouting, -100, to_services()),
+        ),
+        ("nat-output", base(Nat, Hook::Output, -100, to_services())),
+        (
+            "nat-postrouting",
+            base(Nat, Hook::Postrouting, 100, postrouting),
+        ),
+        // Before DNAT (-100): the destination is still the load-balancer IP.
+        (
+            "filter-prerouting-pre-dnat",
+            base(Filter, Hook::Prerouting, -110, when_new("firewall-check")),
+        ),
+        (
+            "filter-output-pre-dnat",
+            base(Filter, Hook::Output, -110, when_new("firewall-check")),
+        ),
+        // After DNAT: what still heads for a Service address was not DNATed.
+        (
+            "filter-prerouting",
+            base(Filter, Hook::Prerouting, -90, when_new("cluster-ips-check")),
+        ),
+        (
+            "filter-output",
+            base(Filter, Hook::Output, -90, when_new("cluster-ips-check")),
+        ),
+    ];
+    for (name, chain) in chains {
+        table.chains.insert(name.to_string(), chain);
+    }
+}

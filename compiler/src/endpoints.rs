@@ -1,0 +1,84 @@
+//! Which endpoints a Service port uses on this node (kube-proxy's CategorizeEndpoints).
+//!
+//! - Cluster-wide: the ready endpoints, narrowed to this node's zone when topology hints
+//!   allow; if none is ready, the serving and terminating ones (KEP-1669), whatever the zone.
+//! - Local (this node's, for `Local` traffic policies): the local ready ones, else the local
+//!   serving and terminating ones. Topology never applies to them.
+//! - Not-serving endpoints are never used.
+
+use crate::model::{EndpointInfo, Port, SliceInfo};
+use crate::node::NodeFacts;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// An endpoint address and the port its Pod listens on for this Service port.
+pub type Backend = (IpAddr, u16);
+
+/// The endpoint sets of one Service port on one address family, each sorted and unique.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chosen {
+    pub cluster: Vec<Backend>,
+    pub local: Vec<Backend>,
+    /// Whether any endpoint anywhere can serve: without one, traffic is REJECTed.
+    pub any: bool,
+}
+
+/// Choose the endpoints of `port` among `slices` for a cluster IP of family `v6`.
+pub fn choose(slices: &[SliceInfo], v6: bool, port: &Port, node: &NodeFacts) -> Chosen {
+    // A slice maps the Service port, by name and protocol, to the number its Pods listen on:
+    // that is how named targetPorts resolve, per endpoint.
+    let candidates: Vec<(&EndpointInfo, u16)> = slices
+        .iter()
+        .flat_map(|slice| {
+            let number = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port.name && p.proto == port.proto)
+                .map(|p| p.port);
+            slice
+                .endpoints
+                .iter()
+                .filter_map(move |ep| Some((ep, number?)))
+        })
+        .filter(|(ep, _)| ep.ip.is_ipv6() == v6)
+        .collect();
+    let fallback = |ep: &EndpointInfo| ep.serving && ep.terminating;
+    let is_local = |ep: &EndpointInfo| node.node_name.is_some() && ep.node_name == node.node_name;
+    let pick = |keep: &dyn Fn(&EndpointInfo) -> bool| -> BTreeSet<Backend> {
+        candidates
+            .iter()
+            .filter(|(ep, _)| keep(ep))
+            .map(|(ep, port)| (ep.ip, *port))
+            .collect()
+    };
+
+    let zone = in_zone(&candidates, node);
+    let mut cluster = pick(&|ep| ep.ready && zone(ep));
+    if cluster.is_empty() {
+        cluster = pick(&fallback);
+    }
+    let mut local = pick(&|ep| ep.ready && is_local(ep));
+    if local.is_empty() {
+        local = pick(&|ep| fallback(ep) && is_local(ep));
+    }
+    Chosen {
+        cluster: cluster.into_iter().collect(),
+        local: local.into_iter().collect(),
+        any: candidates.iter().any(|(ep, _)| ep.ready || fallback(ep)),
+    }
+}
+
+/// The topology filter: keep endpoints hinted for this node's zone, when the node has a zone,
+/// every ready endpoint carries zone hints and at least one is for this zone (otherwise the
+/// hints are not trusted and every endpoint is kept).
+fn in_zone<'a>(
+    candidates: &[(&EndpointInfo, u16)],
+    node: &'a NodeFacts,
+) -> impl Fn(&EndpointInfo) -> bool + 'a {
+    let hinted = |ep: &EndpointInfo, zone: &str| ep.zones.iter().flatten().any(|z| z == zone);
+    let ready = || candidates.iter().map(|(ep, _)| *ep).filter(|ep| ep.ready);
+    let usable = node.zone.as_deref().is_some_and(|zone| {
+        ready().all(|ep| ep.zones.is_some()) && ready().any(|ep| hinted(ep, zone))
+    });
+    move |ep: &EndpointInfo| !usable || hinted(ep, node.zone.as_deref().unwrap_or_default())
+}
