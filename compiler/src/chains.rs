@@ -146,18 +146,19 @@ pub fn add(
 fn dnat(f: Ipf, proto: L4Proto, local: bool, n: usize) -> Vec<Rule> {
     let client = [f.saddr()].into_iter().chain(f.frontend_key());
     let dport = Expr::Payload(Payload::Dport(proto));
-    vec![
+    let remembered = f.has_affinity().then(|| {
         rule(vec![Stmt::DnatMap {
             family: f.nat_family(),
             key: Expr::Concat(client.collect()),
             map: f.name("affinity"),
-        }]),
-        rule(vec![Stmt::DnatMap {
-            family: f.nat_family(),
-            key: Expr::Concat(vec![f.daddr(), dport, Expr::NumgenRandom(n as u32)]),
-            map: endpoints_map(f, proto, local),
-        }]),
-    ]
+        }])
+    });
+    let random = rule(vec![Stmt::DnatMap {
+        family: f.nat_family(),
+        key: Expr::Concat(vec![f.daddr(), dport, Expr::NumgenRandom(n as u32)]),
+        map: endpoints_map(f, proto, local),
+    }]);
+    remembered.into_iter().chain([random]).collect()
 }
 
 fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> Chain {
@@ -271,7 +272,7 @@ fn add_fixed_chains(table: &mut Table) {
             ])
             .with_comment("loadBalancerSourceRanges"),
         );
-        for proto in PROTOCOLS {
+        for proto in PROTOCOLS.into_iter().filter(|_| f.has_affinity()) {
             let original = Expr::Concat(vec![
                 f.original_daddr(),
                 Expr::Meta(MetaKey::L4Proto),

@@ -63,6 +63,13 @@ impl Ipf {
         }
     }
 
+    /// Whether ClientIP session affinity can be programmed. Not for IPv6: nft 1.0.6 aborts
+    /// (`netlink_gen_expr: Assertion 'dreg < ctx->reg_low'`) compiling an `update` of a map
+    /// with a concatenated IPv6 key and data, which the affinity map needs.
+    pub fn has_affinity(self) -> bool {
+        !self.v6
+    }
+
     /// Prefixes of this family, as interval-set elements.
     pub fn prefixes<'a>(self, nets: &'a [IpNet]) -> impl Iterator<Item = Value> + 'a {
         nets.iter()

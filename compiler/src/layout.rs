@@ -125,14 +125,14 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
         ("no-endpoints", Set::keys(TypeSpec::Type(frontend()))),
         ("firewalled", Set::keys(TypeSpec::Type(frontend()))),
         ("lb-sources", sources),
-        ("affinity", affinity),
-        (
-            "affinity-ports",
-            Set::verdict_map(TypeSpec::Type(frontend())),
-        ),
     ];
     for (name, set) in sets {
         table.sets.insert(f.name(name), set);
+    }
+    if f.has_affinity() {
+        table.sets.insert(f.name("affinity"), affinity);
+        let ports = Set::verdict_map(TypeSpec::Type(frontend()));
+        table.sets.insert(f.name("affinity-ports"), ports);
     }
     for proto in PROTOCOLS {
         for local in [false, true] {

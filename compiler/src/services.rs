@@ -3,6 +3,7 @@
 //! notes for what is left out.
 
 use crate::endpoints::{choose, Chosen};
+use crate::family::Ipf;
 use crate::layout::{Frontend, ServicePort};
 use crate::model::{Invalid, ServiceInfo, ServiceName, Shape, SliceInfo};
 use crate::node::NodeFacts;
@@ -92,6 +93,9 @@ pub fn expand(
                 }
                 external.extend(at(&node_ips, node_port));
             }
+            if info.affinity_timeout.is_some() && !Ipf::of(ip).has_affinity() {
+                notes.push(format!("{label} ({ip}): sessionAffinity not applied to IPv6 (nft 1.0.6 cannot compile it)"));
+            }
             let endpoints = choose(slices, v6, port, node);
             notes.extend(endpoint_notes(
                 &label,
@@ -114,7 +118,7 @@ pub fn expand(
                 endpoints,
                 internal_local: info.internal_local,
                 external_local: info.external_local,
-                affinity_timeout: info.affinity_timeout,
+                affinity_timeout: info.affinity_timeout.filter(|_| Ipf::of(ip).has_affinity()),
             });
         }
     }

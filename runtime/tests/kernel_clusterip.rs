@@ -1,34 +1,22 @@
 //! ClusterIP semantics proven by packets: the real `svc-nft compile` output is loaded into a
 //! node namespace, and clients inside and outside the cluster CIDR connect through it.
 //!
-//! Topology (every test builds its own):
-//! - node: forwards between all hosts, holds the svc-nft table;
-//! - b1, b2, b3: backends in the pod network 10.244.N.2 / fd00:244:N::2 (b3's endpoint is
-//!   never ready);
-//! - c1: a pod client, 10.244.9.2 (inside --cluster-cidr);
-//! - x1: an off-cluster client, 198.51.100.2 / 2001:db8:51::2 (also the node's default route).
+//! Every test builds its own [`Cluster`] (see `netns/cluster.rs`); b3's endpoint is never
+//! ready here.
 
 mod netns;
 
-use netns::{tcp, udp, Lab, Outcome, Proto};
+use netns::cluster::{answers, ip, Cluster, CIDRS};
+use netns::{tcp, udp, Outcome};
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(1);
 /// A dropped packet is one nobody answers; this long is enough to be sure.
 const DROP_WAIT: Duration = Duration::from_millis(700);
-const FLAGS: &[&str] = &[
-    "--cluster-cidr",
-    "10.244.0.0/16,fd00:244::/32",
-    "--service-cidr",
-    "10.96.0.0/16,fd00:96::/112",
-];
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
+const FLAGS: &[&str] = CIDRS;
 
 fn sock(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -95,107 +83,12 @@ spec:
   ports: [{port: 80}, {port: 53, protocol: UDP}]
 "#;
 
-struct Node {
-    lab: Lab,
-    b1: usize,
-    c1: usize,
-    x1: usize,
-}
-
-impl Node {
-    /// Build the topology, start the backends, compile MANIFESTS with `flags` and load them.
-    fn new(flags: &[&str]) -> Node {
-        let mut lab = Lab::new();
-        let mut backend = |n: u8| {
-            let i = lab.add_host(
-                &format!("b{n}"),
-                &format!("10.244.{n}.2/24"),
-                &format!("10.244.{n}.1"),
-                &format!("fd00:244:{n}::2/64"),
-                &format!("fd00:244:{n}::1"),
-            );
-            for port in [8080, 8081] {
-                lab.serve(i, Proto::Tcp, port);
-            }
-            lab.serve(i, Proto::Udp, 5353);
-            i
-        };
-        let (b1, _, _) = (backend(1), backend(2), backend(3));
-        let c1 = lab.add_host(
-            "c1",
-            "10.244.9.2/24",
-            "10.244.9.1",
-            "fd00:244:9::2/64",
-            "fd00:244:9::1",
-        );
-        let x1 = lab.add_host(
-            "x1",
-            "198.51.100.2/24",
-            "198.51.100.1",
-            "2001:db8:51::2/64",
-            "2001:db8:51::1",
-        );
-        // Locally generated packets are routed before the nat output hook sees them.
-        lab.node.ip("route add default via 198.51.100.2");
-        lab.node.ip("-6 route add default via 2001:db8:51::2");
-        let node = Node { lab, b1, c1, x1 };
-        node.load(MANIFESTS, flags);
-        node
-    }
-
-    fn load(&self, manifests: &str, flags: &[&str]) {
-        let script = compile(manifests, flags);
-        self.lab
-            .node
-            .nft(&script)
-            .unwrap_or_else(|e| panic!("nft rejected the compiled ruleset: {e}\n{script}"));
-    }
-
-    fn ns(&self, host: usize) -> &netns::Netns {
-        &self.lab.host(host).ns
-    }
-}
-
-/// Run the real binary: `svc-nft compile -f - FLAGS` with the manifests on stdin.
-fn compile(manifests: &str, flags: &[&str]) -> String {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_svc-nft"))
-        .args(["compile", "-f", "-"])
-        .args(flags)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run svc-nft");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifests.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "svc-nft compile failed: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Connect `n` times; return the set of (backend, peer) pairs that answered. Panics on any
-/// other outcome.
-fn answers(n: usize, connect: impl Fn() -> Outcome) -> BTreeSet<(IpAddr, IpAddr)> {
-    (0..n)
-        .map(|_| match connect() {
-            Outcome::Answered { backend, peer } => (backend, peer),
-            other => panic!("expected an answer, got {other:?}"),
-        })
-        .collect()
-}
-
 #[test]
 fn pod_traffic_reaches_every_ready_backend_unmasqueraded() {
     if !netns::require() {
         return;
     }
-    let node = Node::new(FLAGS);
+    let node = Cluster::new(MANIFESTS, FLAGS);
     let c1 = node.ns(node.c1);
     // b1 listens on 8080 and b2 on 8081 for the same named port "http"; b3 is not ready.
     let seen = answers(40, || tcp(c1, sock("10.96.0.50:80"), T));
@@ -213,7 +106,7 @@ fn off_cluster_clients_are_masqueraded() {
     if !netns::require() {
         return;
     }
-    let node = Node::new(FLAGS);
+    let node = Cluster::new(MANIFESTS, FLAGS);
     let x1 = node.ns(node.x1);
     // The backend sees the node's address on its own link, not 198.51.100.2.
     let seen = answers(30, || tcp(x1, sock("10.96.0.50:80"), T));
@@ -232,7 +125,7 @@ fn ipv6_cluster_ip_of_a_dual_stack_service() {
     if !netns::require() {
         return;
     }
-    let node = Node::new(FLAGS);
+    let node = Cluster::new(MANIFESTS, FLAGS);
     let c1 = node.ns(node.c1);
     let seen = answers(5, || tcp(c1, sock("[fd00:96::50]:80"), T));
     let expected = BTreeSet::from([(ip("fd00:244:1::2"), ip("fd00:244:9::2"))]);
@@ -244,7 +137,7 @@ fn selectorless_service_uses_its_v1_endpoints() {
     if !netns::require() {
         return;
     }
-    let node = Node::new(FLAGS);
+    let node = Cluster::new(MANIFESTS, FLAGS);
     let c1 = node.ns(node.c1);
     for vip in ["10.96.0.60:80", "[fd00:96::60]:80"] {
         let seen = answers(3, || tcp(c1, sock(vip), T));
@@ -262,7 +155,7 @@ fn hairpin_traffic_is_masqueraded() {
     if !netns::require() {
         return;
     }
-    let node = Node::new(FLAGS);
+    let node = Cluster::new(MANIFESTS, FLAGS);
     // solo's only endpoint is b1; b1 calling solo reaches itself, from the node's address.
     let b1 = node.ns(node.b1);
     let v4 = answers(3, || tcp(b1, sock("10.96.0.60:80"), T));
@@ -279,7 +172,7 @@ fn no_endpoints_and_unknown_ports_are_rejected_at_once() {
     if !netns::require() {
         return;
     }
-    let node = Node::new(FLAGS);
+    let node = Cluster::new(MANIFESTS, FLAGS);
     for client in [node.c1, node.x1] {
         let ns = node.ns(client);
         for vip in [
@@ -307,7 +200,7 @@ fn unowned_service_cidr_addresses_are_dropped() {
     if !netns::require() {
         return;
     }
-    let node = Node::new(FLAGS);
+    let node = Cluster::new(MANIFESTS, FLAGS);
     let c1 = node.ns(node.c1);
     for vip in ["10.96.0.99:80", "[fd00:96::99]:80"] {
         assert_eq!(tcp(c1, sock(vip), DROP_WAIT), Outcome::Timeout, "{vip}");
@@ -321,7 +214,7 @@ fn masquerade_all_masquerades_pod_traffic_too() {
     }
     let mut flags = FLAGS.to_vec();
     flags.push("--masquerade-all");
-    let node = Node::new(&flags);
+    let node = Cluster::new(MANIFESTS, &flags);
     let c1 = node.ns(node.c1);
     let seen = answers(3, || tcp(c1, sock("10.96.0.60:80"), T));
     assert_eq!(seen, BTreeSet::from([(ip("10.244.1.2"), ip("10.244.1.1"))]));
@@ -332,7 +225,7 @@ fn node_itself_reaches_cluster_ips() {
     if !netns::require() {
         return;
     }
-    let node = Node::new(FLAGS);
+    let node = Cluster::new(MANIFESTS, FLAGS);
     let n = &node.lab.node;
     // From the node, the source is a node address (outside the cluster CIDR): masqueraded to
     // the address facing the backend, which is the same here.
@@ -361,4 +254,22 @@ fn examples_load_into_a_fresh_namespace() {
     ns.nft(&script).expect("examples load");
     // Loading again replaces the table in one transaction, without error.
     ns.nft(&script).expect("examples load a second time");
+}
+
+#[test]
+fn every_golden_ruleset_loads() {
+    if !netns::require() {
+        return;
+    }
+    let ns = netns::Netns::new("goldens");
+    let cases = concat!(env!("CARGO_MANIFEST_DIR"), "/../golden/cases");
+    let mut loaded = 0;
+    for case in std::fs::read_dir(cases).unwrap() {
+        let path = case.unwrap().path().join("expected.nft");
+        let script = std::fs::read_to_string(&path).unwrap();
+        ns.nft(&script)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        loaded += 1;
+    }
+    assert!(loaded > 10, "only {loaded} golden rulesets found");
 }

@@ -8,6 +8,7 @@
 //! its servers and the `tcp`/`udp` probes are in `lab.rs`.
 #![allow(dead_code)]
 
+pub mod cluster;
 mod lab;
 #[allow(unused_imports)]
 pub use lab::*;

@@ -1,0 +1,287 @@
+//! NodePorts, load-balancer and external IPs, traffic policies, endpoint conditions, topology
+//! and session affinity, proven by packets (fixture: `netns/cluster.rs`). This node is
+//! `node-a` in `zone-a` with IPs 198.51.100.1 and 2001:db8:51::1; b1's endpoints are on this
+//! node, b2's and b3's on others.
+
+mod netns;
+
+use netns::cluster::{answers, pairs, Cluster, CIDRS};
+use netns::{tcp, Outcome};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(1);
+const DROP_WAIT: Duration = Duration::from_millis(700);
+
+fn flags() -> Vec<&'static str> {
+    let node = [
+        "--node-name",
+        "node-a",
+        "--node-zone",
+        "zone-a",
+        "--node-ip",
+        "198.51.100.1,2001:db8:51::1",
+    ];
+    CIDRS.iter().chain(&node).copied().collect()
+}
+
+fn sock(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A Service `name` in namespace t and its EndpointSlice(s): `spec` is the Service's spec
+/// (YAML flow), `extra` more Service fields (status), `endpoints` per family the list of
+/// endpoint flow mappings on port 8080.
+fn service(name: &str, spec: &str, extra: &str, v4: &[&str], v6: &[&str]) -> String {
+    let slice = |family: &str, eps: &[&str]| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-{family}, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: {family}\nports: [{{port: 8080}}]\nendpoints: [{}]\n",
+            eps.join(", ")
+        )
+    };
+    let mut out = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\n\
+         spec: {spec}\n{extra}\n"
+    );
+    out += &slice("IPv4", v4);
+    if !v6.is_empty() {
+        out += &slice("IPv6", v6);
+    }
+    out
+}
+
+const B1: &str = "{addresses: [10.244.1.2], nodeName: node-a}";
+const B2: &str = "{addresses: [10.244.2.2], nodeName: node-b}";
+const B1_V6: &str = "{addresses: [\"fd00:244:1::2\"], nodeName: node-a}";
+const B2_V6: &str = "{addresses: [\"fd00:244:2::2\"], nodeName: node-b}";
+
+fn manifests() -> String {
+    let dual = |v4: &str, v6: &str| format!("clusterIPs: [{v4}, \"{v6}\"]");
+    let lb = |ips: &str| format!("status: {{loadBalancer: {{ingress: [{ips}]}}}}");
+    [
+        service(
+            "np",
+            &format!("{{type: NodePort, {}, ports: [{{port: 80, targetPort: 8080, nodePort: 30001}}]}}", dual("10.96.1.1", "fd00:96::101")),
+            "",
+            &[B1, B2],
+            &[B1_V6, B2_V6],
+        ),
+        service(
+            "local",
+            &format!("{{type: LoadBalancer, externalTrafficPolicy: Local, {}, ports: [{{port: 80, nodePort: 30002}}]}}", dual("10.96.1.2", "fd00:96::102")),
+            &lb("{ip: 203.0.113.2}, {ip: \"2001:db8:113::2\", ipMode: VIP}"),
+            &[B1, B2],
+            &[B1_V6, B2_V6],
+        ),
+        service(
+            "away",
+            "{type: NodePort, externalTrafficPolicy: Local, clusterIP: 10.96.1.3, ports: [{port: 80, nodePort: 30003}]}",
+            "",
+            &[B2],
+            &[],
+        ),
+        service(
+            "fw",
+            "{type: LoadBalancer, clusterIP: 10.96.1.4, loadBalancerSourceRanges: [198.51.100.0/24], ports: [{port: 80, nodePort: 30004}]}",
+            &lb("{ip: 203.0.113.4}, {ip: 203.0.113.5, ipMode: Proxy}"),
+            &[B1],
+            &[],
+        ),
+        service("ext", "{clusterIP: 10.96.1.6, externalIPs: [203.0.113.6], ports: [{port: 80}]}", "", &[B1], &[]),
+        service("itp", "{clusterIP: 10.96.1.7, internalTrafficPolicy: Local, ports: [{port: 80}]}", "", &[B1, B2], &[]),
+        service("itp-away", "{clusterIP: 10.96.1.8, internalTrafficPolicy: Local, ports: [{port: 80}]}", "", &[B2], &[]),
+        service(
+            "term",
+            "{clusterIP: 10.96.1.9, ports: [{port: 80}]}",
+            "",
+            &["{addresses: [10.244.3.2], conditions: {ready: false, serving: true, terminating: true}}"],
+            &[],
+        ),
+        service(
+            "dead",
+            "{clusterIP: 10.96.1.10, ports: [{port: 80}]}",
+            "",
+            &["{addresses: [10.244.3.2], conditions: {ready: false, serving: false, terminating: true}}"],
+            &[],
+        ),
+        service(
+            "zoned",
+            "{clusterIP: 10.96.1.11, ports: [{port: 80}]}",
+            "",
+            &[
+                "{addresses: [10.244.1.2], hints: {forZones: [{name: zone-a}]}}",
+                "{addresses: [10.244.2.2], hints: {forZones: [{name: zone-b}]}}",
+            ],
+            &[],
+        ),
+        service(
+            "sticky",
+            &format!("{{sessionAffinity: ClientIP, sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 60}}}}, {}, ports: [{{port: 80}}]}}", dual("10.96.1.12", "fd00:96::112")),
+            "",
+            &[B1, B2],
+            &[B1_V6, B2_V6],
+        ),
+    ]
+    .concat()
+}
+
+#[test]
+fn nodeports_and_external_ips_reach_all_endpoints_masqueraded() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new(&manifests(), &flags());
+    let x1 = k.ns(k.x1);
+    let both = pairs(&[("10.244.1.2", "10.244.1.1"), ("10.244.2.2", "10.244.2.1")]);
+    assert_eq!(answers(30, || tcp(x1, sock("198.51.100.1:30001"), T)), both);
+    let v6 = pairs(&[
+        ("fd00:244:1::2", "fd00:244:1::1"),
+        ("fd00:244:2::2", "fd00:244:2::1"),
+    ]);
+    assert_eq!(
+        answers(30, || tcp(x1, sock("[2001:db8:51::1]:30001"), T)),
+        v6
+    );
+    let b1 = pairs(&[("10.244.1.2", "10.244.1.1")]);
+    assert_eq!(
+        answers(3, || tcp(x1, sock("203.0.113.6:80"), T)),
+        b1,
+        "externalIP"
+    );
+    // A NodePort is not open on addresses that are not node IPs: the node itself refuses.
+    let on_pod_link = tcp(k.ns(k.c1), sock("10.244.9.1:30001"), T);
+    assert_eq!(on_pod_link, Outcome::Refused);
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new(&manifests(), &flags());
+    let x1 = k.ns(k.x1);
+    // Only b1 is on this node; the client address reaches it unchanged.
+    for fe in ["203.0.113.2:80", "198.51.100.1:30002"] {
+        let seen = answers(12, || tcp(x1, sock(fe), T));
+        assert_eq!(seen, pairs(&[("10.244.1.2", "198.51.100.2")]), "{fe}");
+    }
+    let v6 = answers(12, || tcp(x1, sock("[2001:db8:113::2]:80"), T));
+    assert_eq!(v6, pairs(&[("fd00:244:1::2", "2001:db8:51::2")]));
+    // Pods are short-circuited to every endpoint, and keep their address.
+    let c1 = k.ns(k.c1);
+    let seen = answers(30, || tcp(c1, sock("203.0.113.2:80"), T));
+    assert_eq!(
+        seen,
+        pairs(&[("10.244.1.2", "10.244.9.2"), ("10.244.2.2", "10.244.9.2")])
+    );
+    // The node itself too, masqueraded.
+    let node = &k.lab.node;
+    let seen = answers(30, || tcp(node, sock("203.0.113.2:80"), T));
+    assert_eq!(
+        seen,
+        pairs(&[("10.244.1.2", "10.244.1.1"), ("10.244.2.2", "10.244.2.1")])
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_without_local_endpoints_drops() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new(&manifests(), &flags());
+    assert_eq!(
+        tcp(k.ns(k.x1), sock("198.51.100.1:30003"), DROP_WAIT),
+        Outcome::Timeout
+    );
+    let seen = answers(3, || tcp(k.ns(k.c1), sock("198.51.100.1:30003"), T));
+    assert_eq!(
+        seen,
+        pairs(&[("10.244.2.2", "10.244.9.2")]),
+        "pods are short-circuited"
+    );
+}
+
+#[test]
+fn load_balancer_source_ranges_filter_only_the_load_balancer_ip() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new(&manifests(), &flags());
+    let b1 = |peer: &str| pairs(&[("10.244.1.2", peer)]);
+    assert_eq!(
+        answers(3, || tcp(k.ns(k.x1), sock("203.0.113.4:80"), T)),
+        b1("10.244.1.1")
+    );
+    assert_eq!(
+        tcp(k.ns(k.x2), sock("203.0.113.4:80"), DROP_WAIT),
+        Outcome::Timeout
+    );
+    // NodePorts bypass loadBalancerSourceRanges.
+    assert_eq!(
+        answers(3, || tcp(k.ns(k.x2), sock("198.51.100.1:30004"), T)),
+        b1("10.244.1.1")
+    );
+    // ipMode: Proxy addresses are the load balancer's business, not the node's.
+    assert!(!matches!(
+        tcp(k.ns(k.x1), sock("203.0.113.5:80"), DROP_WAIT),
+        Outcome::Answered { .. }
+    ));
+}
+
+#[test]
+fn internal_traffic_policy_local() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new(&manifests(), &flags());
+    let c1 = k.ns(k.c1);
+    assert_eq!(
+        answers(12, || tcp(c1, sock("10.96.1.7:80"), T)),
+        pairs(&[("10.244.1.2", "10.244.9.2")])
+    );
+    assert_eq!(
+        tcp(c1, sock("10.96.1.8:80"), DROP_WAIT),
+        Outcome::Timeout,
+        "no local endpoint: DROP"
+    );
+}
+
+#[test]
+fn endpoint_conditions_and_topology() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new(&manifests(), &flags());
+    let c1 = k.ns(k.c1);
+    // Not ready, but serving and terminating: used when nothing is ready.
+    assert_eq!(
+        answers(3, || tcp(c1, sock("10.96.1.9:80"), T)),
+        pairs(&[("10.244.3.2", "10.244.9.2")])
+    );
+    // Not serving: never used; with nothing else the Service refuses.
+    assert_eq!(tcp(c1, sock("10.96.1.10:80"), T), Outcome::Refused);
+    // Zone hints: only the endpoint for this node's zone.
+    assert_eq!(
+        answers(12, || tcp(c1, sock("10.96.1.11:80"), T)),
+        pairs(&[("10.244.1.2", "10.244.9.2")])
+    );
+}
+
+#[test]
+fn session_affinity_pins_each_client() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new(&manifests(), &flags());
+    // IPv4 only: nft 1.0.6 cannot compile the IPv6 affinity map update (see README).
+    for (client, vip) in [(k.c1, "10.96.1.12:80"), (k.x1, "10.96.1.12:80")] {
+        let seen = answers(12, || tcp(k.ns(client), sock(vip), T));
+        assert_eq!(
+            seen.len(),
+            1,
+            "{vip}: one backend for one client, got {seen:?}"
+        );
+    }
+}

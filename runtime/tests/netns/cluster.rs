@@ -1,0 +1,137 @@
+//! A node with backends and clients, the compiled ruleset loaded into it: the fixture of the
+//! Service-semantics kernel tests.
+//!
+//! - node: forwards between all hosts; its IPs are 198.51.100.1 / 2001:db8:51::1 (facing x1);
+//! - b1, b2, b3: backends 10.244.N.2 / fd00:244:N::2, serving TCP 8080 and 8081, UDP 5353;
+//! - c1: a pod client, 10.244.9.2 / fd00:244:9::2 (inside the cluster CIDR);
+//! - x1: an off-cluster client, 198.51.100.2 / 2001:db8:51::2 (also the node's default route);
+//! - x2: another off-cluster client, 192.0.2.2 / 2001:db8:2::2.
+
+use super::{Lab, Netns, Outcome, Proto};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+pub struct Cluster {
+    pub lab: Lab,
+    pub b1: usize,
+    pub b2: usize,
+    pub b3: usize,
+    pub c1: usize,
+    pub x1: usize,
+    pub x2: usize,
+}
+
+/// Node flags every test starts from.
+pub const CIDRS: &[&str] = &[
+    "--cluster-cidr",
+    "10.244.0.0/16,fd00:244::/32",
+    "--service-cidr",
+    "10.96.0.0/16,fd00:96::/112",
+];
+
+impl Cluster {
+    /// Build the topology, compile `manifests` with `flags` and load them into the node.
+    pub fn new(manifests: &str, flags: &[&str]) -> Cluster {
+        let mut lab = Lab::new();
+        let mut backend = |n: u8| {
+            let i = lab.add_host(
+                &format!("b{n}"),
+                &format!("10.244.{n}.2/24"),
+                &format!("10.244.{n}.1"),
+                &format!("fd00:244:{n}::2/64"),
+                &format!("fd00:244:{n}::1"),
+            );
+            for port in [8080, 8081] {
+                lab.serve(i, Proto::Tcp, port);
+            }
+            lab.serve(i, Proto::Udp, 5353);
+            i
+        };
+        let (b1, b2, b3) = (backend(1), backend(2), backend(3));
+        let c1 = lab.add_host(
+            "c1",
+            "10.244.9.2/24",
+            "10.244.9.1",
+            "fd00:244:9::2/64",
+            "fd00:244:9::1",
+        );
+        let x1 = lab.add_host(
+            "x1",
+            "198.51.100.2/24",
+            "198.51.100.1",
+            "2001:db8:51::2/64",
+            "2001:db8:51::1",
+        );
+        let x2 = lab.add_host(
+            "x2",
+            "192.0.2.2/24",
+            "192.0.2.1",
+            "2001:db8:2::2/64",
+            "2001:db8:2::1",
+        );
+        // Locally generated packets are routed before the nat output hook sees them.
+        lab.node.ip("route add default via 198.51.100.2");
+        lab.node.ip("-6 route add default via 2001:db8:51::2");
+        let cluster = Cluster {
+            lab,
+            b1,
+            b2,
+            b3,
+            c1,
+            x1,
+            x2,
+        };
+        let script = compile(manifests, flags);
+        cluster
+            .lab
+            .node
+            .nft(&script)
+            .unwrap_or_else(|e| panic!("nft rejected the compiled ruleset: {e}\n{script}"));
+        cluster
+    }
+
+    pub fn ns(&self, host: usize) -> &Netns {
+        &self.lab.host(host).ns
+    }
+}
+
+/// Run the real binary: `svc-nft compile -f - FLAGS` with the manifests on stdin.
+pub fn compile(manifests: &str, flags: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_svc-nft"))
+        .args(["compile", "-f", "-"])
+        .args(flags)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run svc-nft");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(manifests.as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "svc-nft compile failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Connect `n` times; return the set of (backend, peer) pairs that answered. Panics on any
+/// other outcome.
+pub fn answers(n: usize, connect: impl Fn() -> Outcome) -> BTreeSet<(IpAddr, IpAddr)> {
+    (0..n)
+        .map(|_| match connect() {
+            Outcome::Answered { backend, peer } => (backend, peer),
+            other => panic!("expected an answer, got {other:?}"),
+        })
+        .collect()
+}
+
+/// `answers` as a set of (backend, peer) given as strings.
+pub fn pairs(list: &[(&str, &str)]) -> BTreeSet<(IpAddr, IpAddr)> {
+    list.iter().map(|(b, p)| (ip(b), ip(p))).collect()
+}
