@@ -1,11 +1,12 @@
 //! The `svc-nft` command line. Commands write to the writers they are given and return the
 //! exit status, so tests drive them exactly as the binary does.
 
+use crate::explain::{report, Format, Origin, Proto, Query};
 use crate::input;
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 use std::io::{IsTerminal, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use svc_nft_compiler::{compile, Compiled, NodeFacts, DEFAULT_TABLE};
 use svc_nft_ir::replace_script;
@@ -38,6 +39,29 @@ pub enum Command {
         /// Print the minimal nft transaction from OLD to NEW instead of a diff.
         #[arg(long)]
         transaction: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Where would this node send a new connection? Evaluates the compiled rules (not the
+    /// kernel): DNAT candidates with their share, REJECT, DROP or not handled, whether the
+    /// source is masqueraded, and the chains and map elements on the way.
+    Explain {
+        /// A manifest file, a directory of *.yaml|*.yml|*.json files, or - for stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        paths: Vec<PathBuf>,
+        /// The client's address.
+        #[arg(long)]
+        from: IpAddr,
+        /// Where it connects to (`10.96.0.10:53`, `[fd00::a]:53`).
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: Proto,
+        /// Default: node if --from is a node IP, pod if it is in --cluster-cidr, else external.
+        #[arg(long, value_enum)]
+        origin: Option<Origin>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        format: Format,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -147,6 +171,26 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
                 a != b
             };
             Ok(i32::from(changed))
+        }
+        Command::Explain {
+            paths,
+            from,
+            to,
+            proto,
+            origin,
+            format,
+            node,
+        } => {
+            let facts = node.facts();
+            let (compiled, clean) = compile_paths(paths, &facts, err);
+            let query = Query {
+                from: *from,
+                to: *to,
+                proto: *proto,
+                origin: *origin,
+            };
+            out.write_all(report(&compiled.table, &facts, &query, *format).as_bytes())?;
+            Ok(if clean { 0 } else { 1 })
         }
     }
 }

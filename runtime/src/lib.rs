@@ -2,4 +2,5 @@
 //! kernel in sync. The compiler and the IR live in their own crates; this crate only drives them.
 
 pub mod cli;
+mod explain;
 pub mod input;

@@ -91,7 +91,7 @@ fn pod_traffic_reaches_every_ready_backend_unmasqueraded() {
     let node = Cluster::new(MANIFESTS, FLAGS);
     let c1 = node.ns(node.c1);
     // b1 listens on 8080 and b2 on 8081 for the same named port "http"; b3 is not ready.
-    let seen = answers(40, || tcp(c1, sock("10.96.0.50:80"), T));
+    let seen = node.agrees(Some(node.c1), "10.96.0.50:80", 40);
     let expected = BTreeSet::from([
         (ip("10.244.1.2"), ip("10.244.9.2")),
         (ip("10.244.2.2"), ip("10.244.9.2")),
@@ -109,7 +109,7 @@ fn off_cluster_clients_are_masqueraded() {
     let node = Cluster::new(MANIFESTS, FLAGS);
     let x1 = node.ns(node.x1);
     // The backend sees the node's address on its own link, not 198.51.100.2.
-    let seen = answers(30, || tcp(x1, sock("10.96.0.50:80"), T));
+    let seen = node.agrees(Some(node.x1), "10.96.0.50:80", 30);
     let expected = BTreeSet::from([
         (ip("10.244.1.2"), ip("10.244.1.1")),
         (ip("10.244.2.2"), ip("10.244.2.1")),
@@ -126,8 +126,7 @@ fn ipv6_cluster_ip_of_a_dual_stack_service() {
         return;
     }
     let node = Cluster::new(MANIFESTS, FLAGS);
-    let c1 = node.ns(node.c1);
-    let seen = answers(5, || tcp(c1, sock("[fd00:96::50]:80"), T));
+    let seen = node.agrees(Some(node.c1), "[fd00:96::50]:80", 5);
     let expected = BTreeSet::from([(ip("fd00:244:1::2"), ip("fd00:244:9::2"))]);
     assert_eq!(seen, expected);
 }
@@ -138,9 +137,8 @@ fn selectorless_service_uses_its_v1_endpoints() {
         return;
     }
     let node = Cluster::new(MANIFESTS, FLAGS);
-    let c1 = node.ns(node.c1);
     for vip in ["10.96.0.60:80", "[fd00:96::60]:80"] {
-        let seen = answers(3, || tcp(c1, sock(vip), T));
+        let seen = node.agrees(Some(node.c1), vip, 3);
         let backend = if vip.starts_with('[') {
             (ip("fd00:244:1::2"), ip("fd00:244:9::2"))
         } else {
@@ -157,10 +155,9 @@ fn hairpin_traffic_is_masqueraded() {
     }
     let node = Cluster::new(MANIFESTS, FLAGS);
     // solo's only endpoint is b1; b1 calling solo reaches itself, from the node's address.
-    let b1 = node.ns(node.b1);
-    let v4 = answers(3, || tcp(b1, sock("10.96.0.60:80"), T));
+    let v4 = node.agrees(Some(node.b1), "10.96.0.60:80", 3);
     assert_eq!(v4, BTreeSet::from([(ip("10.244.1.2"), ip("10.244.1.1"))]));
-    let v6 = answers(3, || tcp(b1, sock("[fd00:96::60]:80"), T));
+    let v6 = node.agrees(Some(node.b1), "[fd00:96::60]:80", 3);
     assert_eq!(
         v6,
         BTreeSet::from([(ip("fd00:244:1::2"), ip("fd00:244:1::1"))])
@@ -215,8 +212,7 @@ fn masquerade_all_masquerades_pod_traffic_too() {
     let mut flags = FLAGS.to_vec();
     flags.push("--masquerade-all");
     let node = Cluster::new(MANIFESTS, &flags);
-    let c1 = node.ns(node.c1);
-    let seen = answers(3, || tcp(c1, sock("10.96.0.60:80"), T));
+    let seen = node.agrees(Some(node.c1), "10.96.0.60:80", 3);
     assert_eq!(seen, BTreeSet::from([(ip("10.244.1.2"), ip("10.244.1.1"))]));
 }
 
@@ -229,7 +225,7 @@ fn node_itself_reaches_cluster_ips() {
     let n = &node.lab.node;
     // From the node, the source is a node address (outside the cluster CIDR): masqueraded to
     // the address facing the backend, which is the same here.
-    let seen = answers(3, || tcp(n, sock("10.96.0.60:80"), T));
+    let seen = node.agrees(None, "10.96.0.60:80", 3);
     assert_eq!(seen, BTreeSet::from([(ip("10.244.1.2"), ip("10.244.1.1"))]));
     assert_eq!(tcp(n, sock("10.96.0.70:80"), T), Outcome::Refused);
 }

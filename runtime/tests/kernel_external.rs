@@ -133,23 +133,15 @@ fn nodeports_and_external_ips_reach_all_endpoints_masqueraded() {
         return;
     }
     let k = Cluster::new(&manifests(), &flags());
-    let x1 = k.ns(k.x1);
     let both = pairs(&[("10.244.1.2", "10.244.1.1"), ("10.244.2.2", "10.244.2.1")]);
-    assert_eq!(answers(30, || tcp(x1, sock("198.51.100.1:30001"), T)), both);
+    assert_eq!(k.agrees(Some(k.x1), "198.51.100.1:30001", 30), both);
     let v6 = pairs(&[
         ("fd00:244:1::2", "fd00:244:1::1"),
         ("fd00:244:2::2", "fd00:244:2::1"),
     ]);
-    assert_eq!(
-        answers(30, || tcp(x1, sock("[2001:db8:51::1]:30001"), T)),
-        v6
-    );
+    assert_eq!(k.agrees(Some(k.x1), "[2001:db8:51::1]:30001", 30), v6);
     let b1 = pairs(&[("10.244.1.2", "10.244.1.1")]);
-    assert_eq!(
-        answers(3, || tcp(x1, sock("203.0.113.6:80"), T)),
-        b1,
-        "externalIP"
-    );
+    assert_eq!(k.agrees(Some(k.x1), "203.0.113.6:80", 3), b1, "externalIP");
     // A NodePort is not open on addresses that are not node IPs: the node itself refuses.
     let on_pod_link = tcp(k.ns(k.c1), sock("10.244.9.1:30001"), T);
     assert_eq!(on_pod_link, Outcome::Refused);
@@ -161,24 +153,21 @@ fn external_traffic_policy_local_keeps_the_client_address() {
         return;
     }
     let k = Cluster::new(&manifests(), &flags());
-    let x1 = k.ns(k.x1);
     // Only b1 is on this node; the client address reaches it unchanged.
     for fe in ["203.0.113.2:80", "198.51.100.1:30002"] {
-        let seen = answers(12, || tcp(x1, sock(fe), T));
+        let seen = k.agrees(Some(k.x1), fe, 12);
         assert_eq!(seen, pairs(&[("10.244.1.2", "198.51.100.2")]), "{fe}");
     }
-    let v6 = answers(12, || tcp(x1, sock("[2001:db8:113::2]:80"), T));
+    let v6 = k.agrees(Some(k.x1), "[2001:db8:113::2]:80", 12);
     assert_eq!(v6, pairs(&[("fd00:244:1::2", "2001:db8:51::2")]));
     // Pods are short-circuited to every endpoint, and keep their address.
-    let c1 = k.ns(k.c1);
-    let seen = answers(30, || tcp(c1, sock("203.0.113.2:80"), T));
+    let seen = k.agrees(Some(k.c1), "203.0.113.2:80", 30);
     assert_eq!(
         seen,
         pairs(&[("10.244.1.2", "10.244.9.2"), ("10.244.2.2", "10.244.9.2")])
     );
     // The node itself too, masqueraded.
-    let node = &k.lab.node;
-    let seen = answers(30, || tcp(node, sock("203.0.113.2:80"), T));
+    let seen = k.agrees(None, "203.0.113.2:80", 30);
     assert_eq!(
         seen,
         pairs(&[("10.244.1.2", "10.244.1.1"), ("10.244.2.2", "10.244.2.1")])
@@ -195,7 +184,7 @@ fn external_traffic_policy_local_without_local_endpoints_drops() {
         tcp(k.ns(k.x1), sock("198.51.100.1:30003"), DROP_WAIT),
         Outcome::Timeout
     );
-    let seen = answers(3, || tcp(k.ns(k.c1), sock("198.51.100.1:30003"), T));
+    let seen = k.agrees(Some(k.c1), "198.51.100.1:30003", 3);
     assert_eq!(
         seen,
         pairs(&[("10.244.2.2", "10.244.9.2")]),
@@ -210,17 +199,14 @@ fn load_balancer_source_ranges_filter_only_the_load_balancer_ip() {
     }
     let k = Cluster::new(&manifests(), &flags());
     let b1 = |peer: &str| pairs(&[("10.244.1.2", peer)]);
-    assert_eq!(
-        answers(3, || tcp(k.ns(k.x1), sock("203.0.113.4:80"), T)),
-        b1("10.244.1.1")
-    );
+    assert_eq!(k.agrees(Some(k.x1), "203.0.113.4:80", 3), b1("10.244.1.1"));
     assert_eq!(
         tcp(k.ns(k.x2), sock("203.0.113.4:80"), DROP_WAIT),
         Outcome::Timeout
     );
     // NodePorts bypass loadBalancerSourceRanges.
     assert_eq!(
-        answers(3, || tcp(k.ns(k.x2), sock("198.51.100.1:30004"), T)),
+        k.agrees(Some(k.x2), "198.51.100.1:30004", 3),
         b1("10.244.1.1")
     );
     // ipMode: Proxy addresses are the load balancer's business, not the node's.
@@ -238,7 +224,7 @@ fn internal_traffic_policy_local() {
     let k = Cluster::new(&manifests(), &flags());
     let c1 = k.ns(k.c1);
     assert_eq!(
-        answers(12, || tcp(c1, sock("10.96.1.7:80"), T)),
+        k.agrees(Some(k.c1), "10.96.1.7:80", 12),
         pairs(&[("10.244.1.2", "10.244.9.2")])
     );
     assert_eq!(
@@ -257,14 +243,14 @@ fn endpoint_conditions_and_topology() {
     let c1 = k.ns(k.c1);
     // Not ready, but serving and terminating: used when nothing is ready.
     assert_eq!(
-        answers(3, || tcp(c1, sock("10.96.1.9:80"), T)),
+        k.agrees(Some(k.c1), "10.96.1.9:80", 3),
         pairs(&[("10.244.3.2", "10.244.9.2")])
     );
     // Not serving: never used; with nothing else the Service refuses.
     assert_eq!(tcp(c1, sock("10.96.1.10:80"), T), Outcome::Refused);
     // Zone hints: only the endpoint for this node's zone.
     assert_eq!(
-        answers(12, || tcp(c1, sock("10.96.1.11:80"), T)),
+        k.agrees(Some(k.c1), "10.96.1.11:80", 12),
         pairs(&[("10.244.1.2", "10.244.9.2")])
     );
 }
@@ -277,6 +263,7 @@ fn session_affinity_pins_each_client() {
     let k = Cluster::new(&manifests(), &flags());
     // IPv4 only: nft 1.0.6 cannot compile the IPv6 affinity map update (see README).
     for (client, vip) in [(k.c1, "10.96.1.12:80"), (k.x1, "10.96.1.12:80")] {
+        // Not `agrees`: explain shows a first connection's candidates, affinity pins later ones.
         let seen = answers(12, || tcp(k.ns(client), sock(vip), T));
         assert_eq!(
             seen.len(),

@@ -15,6 +15,8 @@ use std::process::{Command, Stdio};
 
 pub struct Cluster {
     pub lab: Lab,
+    manifests: String,
+    flags: Vec<String>,
     pub b1: usize,
     pub b2: usize,
     pub b3: usize,
@@ -76,6 +78,8 @@ impl Cluster {
         lab.node.ip("-6 route add default via 2001:db8:51::2");
         let cluster = Cluster {
             lab,
+            manifests: manifests.to_string(),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
             b1,
             b2,
             b3,
@@ -95,24 +99,98 @@ impl Cluster {
     pub fn ns(&self, host: usize) -> &Netns {
         &self.lab.host(host).ns
     }
+
+    /// Connect `n` times over TCP from `client` (a host, or `None` for the node itself, whose
+    /// source address is `from`) to `to`, and require that the kernel does what
+    /// `svc-nft explain` says: the same endpoints (all of them reached), the same masquerade,
+    /// REJECT as refused, DROP as no answer. Returns the (backend, peer) pairs seen.
+    pub fn agrees(&self, client: Option<usize>, to: &str, n: usize) -> BTreeSet<(IpAddr, IpAddr)> {
+        let (ns, from) = match client {
+            Some(h) => {
+                let host = self.lab.host(h);
+                let v6 = to.starts_with('[');
+                let from = if v6 {
+                    IpAddr::V6(host.v6)
+                } else {
+                    IpAddr::V4(host.v4)
+                };
+                (&host.ns, from)
+            }
+            None if to.starts_with('[') => (&self.lab.node, ip("2001:db8:51::1")),
+            None => (&self.lab.node, ip("198.51.100.1")),
+        };
+        let mut args = vec!["explain", "-f", "-", "-o", "json"];
+        let from_text = from.to_string();
+        args.extend(["--from", &from_text, "--to", to]);
+        if client.is_none() {
+            args.extend(["--origin", "node"]);
+        }
+        args.extend(self.flags.iter().map(String::as_str));
+        let json: serde_json::Value = serde_json::from_str(&run(&args, &self.manifests)).unwrap();
+        let timeout =
+            std::time::Duration::from_millis(if json["verdict"] == "drop" { 700 } else { 1000 });
+        let observed: Vec<Outcome> = (0..n)
+            .map(|_| super::tcp(ns, to.parse().unwrap(), timeout))
+            .collect();
+        let context = format!("{from} -> {to}: explain says {json:#}\nkernel did {observed:?}");
+        match json["verdict"].as_str().unwrap() {
+            "dnat" => {
+                let predicted: BTreeSet<(IpAddr, bool)> = json["candidates"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| {
+                        (
+                            ip(c["address"].as_str().unwrap()),
+                            c["masquerade"].as_bool().unwrap(),
+                        )
+                    })
+                    .collect();
+                let seen: BTreeSet<(IpAddr, bool)> = observed
+                    .iter()
+                    .map(|o| match o {
+                        Outcome::Answered { backend, peer } => (*backend, *peer != from),
+                        other => panic!("{context}\n(unexpected {other:?})"),
+                    })
+                    .collect();
+                assert_eq!(seen, predicted, "{context}");
+            }
+            "reject" => assert!(observed.iter().all(|o| *o == Outcome::Refused), "{context}"),
+            "drop" => assert!(observed.iter().all(|o| *o == Outcome::Timeout), "{context}"),
+            _ => {}
+        }
+        observed
+            .into_iter()
+            .filter_map(|o| match o {
+                Outcome::Answered { backend, peer } => Some((backend, peer)),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Run the real binary: `svc-nft compile -f - FLAGS` with the manifests on stdin.
 pub fn compile(manifests: &str, flags: &[&str]) -> String {
+    let mut args = vec!["compile", "-f", "-"];
+    args.extend(flags);
+    run(&args, manifests)
+}
+
+/// Run the real binary with `stdin`; it must succeed.
+fn run(args: &[&str], stdin: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_svc-nft"))
-        .args(["compile", "-f", "-"])
-        .args(flags)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run svc-nft");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(manifests.as_bytes()).unwrap();
-    drop(stdin);
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).unwrap();
+    drop(input);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "svc-nft compile failed: {stderr}");
+    assert!(out.status.success(), "svc-nft {args:?} failed: {stderr}");
     String::from_utf8(out.stdout).unwrap()
 }
 
