@@ -5,7 +5,7 @@
 
 mod netns;
 
-use netns::cluster::{answers, pairs, Cluster, CIDRS};
+use netns::cluster::{answers, ip, pairs, Cluster, CIDRS};
 use netns::{tcp, Outcome};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -58,6 +58,11 @@ const B1_V6: &str = "{addresses: [\"fd00:244:1::2\"], nodeName: node-a}";
 const B2_V6: &str = "{addresses: [\"fd00:244:2::2\"], nodeName: node-b}";
 
 fn manifests() -> String {
+    manifests_with_sticky(&[B1, B2])
+}
+
+/// The manifests, with `sticky`'s IPv4 endpoints given.
+fn manifests_with_sticky(sticky: &[&str]) -> String {
     let dual = |v4: &str, v6: &str| format!("clusterIPs: [{v4}, \"{v6}\"]");
     let lb = |ips: &str| format!("status: {{loadBalancer: {{ingress: [{ips}]}}}}");
     [
@@ -120,7 +125,7 @@ fn manifests() -> String {
             "sticky",
             &format!("{{sessionAffinity: ClientIP, sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 60}}}}, {}, ports: [{{port: 80}}]}}", dual("10.96.1.12", "fd00:96::112")),
             "",
-            &[B1, B2],
+            sticky,
             &[B1_V6, B2_V6],
         ),
     ]
@@ -260,7 +265,7 @@ fn session_affinity_pins_each_client() {
     if !netns::require() {
         return;
     }
-    let k = Cluster::new(&manifests(), &flags());
+    let mut k = Cluster::new(&manifests(), &flags());
     // IPv4 only: nft 1.0.6 cannot compile the IPv6 affinity map update (see README).
     for (client, vip) in [(k.c1, "10.96.1.12:80"), (k.x1, "10.96.1.12:80")] {
         // Not `agrees`: explain shows a first connection's candidates, affinity pins later ones.
@@ -271,4 +276,14 @@ fn session_affinity_pins_each_client() {
             "{vip}: one backend for one client, got {seen:?}"
         );
     }
+    // The endpoint a client is pinned to goes away: its clients move to the one left.
+    let pinned = answers(1, || tcp(k.ns(k.c1), sock("10.96.1.12:80"), T));
+    let (gone, _) = *pinned.iter().next().unwrap();
+    let left = if gone == ip("10.244.1.2") { B2 } else { B1 };
+    k.reload(&manifests_with_sticky(&[left]));
+    let after = answers(6, || tcp(k.ns(k.c1), sock("10.96.1.12:80"), T));
+    assert!(
+        after.iter().all(|(b, _)| *b != gone),
+        "still sent to the removed endpoint: {after:?}"
+    );
 }

@@ -90,13 +90,24 @@ impl Cluster {
             x1,
             x2,
         };
-        let script = compile(manifests, flags);
+        cluster.load();
         cluster
-            .lab
+    }
+
+    /// Compile the current manifests and load them, replacing the table in one transaction.
+    fn load(&self) {
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        let script = compile(&self.manifests, &flags);
+        self.lab
             .node
             .nft(&script)
             .unwrap_or_else(|e| panic!("nft rejected the compiled ruleset: {e}\n{script}"));
-        cluster
+    }
+
+    /// Change the manifests and load them, as `svc-nft compile | nft -f -` does.
+    pub fn reload(&mut self, manifests: &str) {
+        self.manifests = manifests.to_string();
+        self.load();
     }
 
     pub fn ns(&self, host: usize) -> &Netns {
