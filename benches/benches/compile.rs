@@ -3,7 +3,9 @@
 //! `cargo bench -p svc-nft-benches --bench compile` (add `-- --quick` for a short run).
 //!
 //! - `compile/<n>`: [`svc_nft_compiler::compile`] of `n` Services × 3 endpoints (TCP, v4), and
-//!   `compile-mixed/10000` with UDP and dual-stack Services mixed in;
+//!   `compile-mixed/10000` with every Service feature mixed in ([`Synthetic::mixed`]: UDP,
+//!   dual-stack, NodePort, LoadBalancer, traffic policies, source ranges, affinity, terminating
+//!   endpoints, zone hints);
 //! - `render/<n>`: [`svc_nft_ir::replace_script`] of the compiled table;
 //! - `diff/10000-one-service`: [`svc_nft_ir::diff`] between two 10k clusters where one Service
 //!   goes from 3 to 4 endpoints, and the same plus rendering the transaction as nft text.

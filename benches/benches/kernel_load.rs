@@ -3,21 +3,28 @@
 //! ```text
 //! sudo cargo bench -p svc-nft-benches --bench kernel_load
 //! SVC_NFT_BENCH_SIZES=1000,10000 cargo bench -p svc-nft-benches --bench kernel_load
+//! SVC_NFT_BENCH_MIX=1 cargo bench -p svc-nft-benches --bench kernel_load
 //! ```
 //!
 //! For each size N (env `SVC_NFT_BENCH_SIZES`, default `1000,10000,100000`) of N Services × 3
-//! endpoints:
+//! endpoints, plain (TCP, IPv4, `ClusterIP`) or, with `SVC_NFT_BENCH_MIX=1`, with every Service
+//! feature mixed in ([`Synthetic::mixed`]: UDP, dual-stack, NodePort, LoadBalancer, traffic
+//! policies, source ranges, affinity, terminating endpoints, zone hints):
 //! - compile and render the svc-nft ruleset (timed, no kernel);
 //! - load it whole with `nft -f -` into a fresh network namespace, then apply one change on
 //!   top (one Service going from 3 to 4 endpoints, as the [`svc_nft_ir::diff`] transaction),
 //!   each timed as the wall time of the `ip netns exec NS nft -f -` process;
-//! - for N ≤ 5000, load kube-proxy's nftables layout for the same Services the same way: one
-//!   chain per Service (`dnat ip to numgen random mod 3 map { … }`), reached through a verdict
-//!   map `service-ips` of `vip . tcp . 80 : goto service-<i>`. That layout loads in quadratic
-//!   time, hence the cap.
+//! - plain mode only, for N ≤ 5000: load kube-proxy's nftables layout for the same Services the
+//!   same way: one chain per Service (`dnat ip to numgen random mod 3 map { … }`), reached
+//!   through a verdict map `service-ips` of `vip . tcp . 80 : goto service-<i>`. That layout
+//!   loads in quadratic time, hence the cap; it only knows plain Services, hence not in the mix.
 //!
 //! Sizes up to 10k are run 3 times (median reported), larger ones once; every run gets its own
 //! fresh namespace. Then a Markdown table is printed.
+//!
+//! At 100k Services this process keeps ~1.5 GB resident while nft runs (as a daemon holding
+//! its caches would). Where memory is charged to a tight cgroup, that alone can make the
+//! kernel's half of the load markedly slower than loading the same script from a shell.
 //!
 //! Needs root, `ip` (iproute2) and `nft`. Nothing runs in the caller's network namespace: every
 //! `nft` runs under `ip netns exec svcnft-bench-<pid>`, and that namespace is deleted when the
@@ -32,6 +39,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use svc_nft_benches::{compile_clean, node_facts, Synthetic, PORT, TARGET_PORT};
+use svc_nft_compiler::{Object, Resource};
 
 const DEFAULT_SIZES: &str = "1000,10000,100000";
 const ENDPOINTS: usize = 3;
@@ -47,20 +55,42 @@ fn main() {
         return;
     }
     let sizes = sizes();
+    let mix = mix();
+    let mode = if mix {
+        "mixed (SVC_NFT_BENCH_MIX=1: every Service feature)"
+    } else {
+        "plain (TCP, IPv4, ClusterIP)"
+    };
     let baseline = process_overhead();
     eprintln!(
-        "kernel_load: sizes {sizes:?}; an empty `ip netns exec … nft -f -` takes {}",
+        "kernel_load: mode {mode}; sizes {sizes:?}; an empty `ip netns exec … nft -f -` takes {}",
         ms(baseline)
     );
-    let rows: Vec<Row> = sizes.iter().map(|&n| measure(n)).collect();
+    let rows: Vec<Row> = sizes.iter().map(|&n| measure(n, mix)).collect();
     println!();
-    println!("{}", markdown(&rows));
+    println!("Mode: {mode}.");
+    println!();
+    println!("{}", markdown(&rows, mix));
     println!(
         "Times are wall times of one `ip netns exec NS nft -f -` process (an empty script: {}), \
          median of {REPEATS} for N ≤ {REPEAT_MAX}, single run above; each load into a fresh \
-         namespace. Ratio: kube-proxy-shape load / svc-nft load.",
-        ms(baseline)
+         namespace.{}",
+        ms(baseline),
+        if mix {
+            " Endpoints: all of the EndpointSlices' (v4 and v6, terminating included)."
+        } else {
+            " Ratio: kube-proxy-shape load / svc-nft load."
+        }
     );
+}
+
+/// Whether to measure the mixed cluster, from `SVC_NFT_BENCH_MIX`.
+fn mix() -> bool {
+    match std::env::var("SVC_NFT_BENCH_MIX").as_deref() {
+        Err(_) | Ok("" | "0") => false,
+        Ok("1") => true,
+        Ok(other) => panic!("SVC_NFT_BENCH_MIX: {other:?} is neither 1 nor 0"),
+    }
 }
 
 /// The sizes to run, from `SVC_NFT_BENCH_SIZES`.
@@ -94,11 +124,14 @@ struct Row {
     kube_proxy: Option<Duration>,
 }
 
-fn measure(n: usize) -> Row {
+fn measure(n: usize, mix: bool) -> Row {
     let node = node_facts();
-    let gen = Synthetic::new(n, ENDPOINTS);
+    let plain = Synthetic::new(n, ENDPOINTS);
+    let gen = if mix { plain.mixed() } else { plain };
     let objects = gen.objects();
-    let changed = gen.with_endpoints(n / 2, ENDPOINTS + 1);
+    let endpoints = endpoint_count(&objects);
+    let changed_service = n / 2;
+    let changed = gen.with_endpoints(changed_service, ENDPOINTS + 1);
 
     let start = Instant::now();
     let compiled = compile_clean(&objects, &node);
@@ -106,13 +139,26 @@ fn measure(n: usize) -> Row {
     let compile_render = start.elapsed();
     let after = compile_clean(&changed, &node);
     let change = svc_nft_ir::diff(&compiled.table, &after.table).to_string();
+    // The chains the change adds (pick-v4-tcp-4 in plain mode), to check it landed.
+    let new_chains: Vec<&String> = after
+        .table
+        .chains
+        .keys()
+        .filter(|c| !compiled.table.chains.contains_key(*c))
+        .collect();
     drop(objects);
     drop(changed);
+    let table = &compiled.table;
     eprintln!(
-        "{n} Services: compile+render {}, script {} bytes, change {} bytes",
+        "{n} Services: compile+render {}, script {} bytes ({} chains, {} set elements, {} \
+         notes), change {} bytes (svc-{changed_service}: {}; new chains {new_chains:?})",
         ms(compile_render),
         script.len(),
-        change.len()
+        table.chains.len(),
+        table.sets.values().map(|s| s.elements.len()).sum::<usize>(),
+        table.notes.len(),
+        change.len(),
+        gen.features(changed_service).join(", "),
     );
 
     let repeats = if n <= REPEAT_MAX { REPEATS } else { 1 };
@@ -122,8 +168,10 @@ fn measure(n: usize) -> Row {
         let ns = Netns::create();
         let load = ns.nft(&script);
         let one = ns.nft(&change);
-        // The change really landed: the chain for 4 endpoints exists now.
-        ns.nft("list chain inet svc-nft pick-v4-tcp-4\n");
+        // The change really landed: the chains it adds exist now.
+        let chains = ns.chains();
+        let missing: Vec<_> = new_chains.iter().filter(|c| !chains.contains(c)).collect();
+        assert!(missing.is_empty(), "the change did not add {missing:?}");
         drop(ns);
         eprintln!(
             "  svc-nft run {run}/{repeats}: load {}, one change {}",
@@ -134,7 +182,7 @@ fn measure(n: usize) -> Row {
         changes.push(one);
     }
 
-    let kube_proxy = (n <= KUBE_PROXY_MAX).then(|| {
+    let kube_proxy = (!mix && n <= KUBE_PROXY_MAX).then(|| {
         let text = kube_proxy_script(&gen);
         let mut runs = Vec::new();
         for run in 1..=repeats {
@@ -153,7 +201,7 @@ fn measure(n: usize) -> Row {
 
     Row {
         services: n,
-        endpoints: n * ENDPOINTS,
+        endpoints,
         script_bytes: script.len(),
         compile_render,
         load: median(loads),
@@ -161,6 +209,15 @@ fn measure(n: usize) -> Row {
         change_bytes: change.len(),
         kube_proxy,
     }
+}
+
+/// How many endpoints the EndpointSlices list, ready or not.
+fn endpoint_count(objects: &[Object]) -> usize {
+    let listed = |o: &Object| match &o.resource {
+        Resource::EndpointSlice(slice) => slice.endpoints.as_ref().map_or(0, Vec::len),
+        _ => 0,
+    };
+    objects.iter().map(listed).sum()
 }
 
 /// kube-proxy's nftables layout for the same Services and endpoints: a chain per Service
@@ -224,11 +281,33 @@ impl Netns {
 
     /// Run `nft -f -` on `script` inside the namespace; its wall time. Panics if nft fails.
     fn nft(&self, script: &str) -> Duration {
+        self.run(script, false).0
+    }
+
+    /// The names of the chains of the namespace's inet tables. (`list chains` is cheap, where
+    /// `list chain X` makes nft 1.0.6 fetch every set element first: 12 s at 100k Services.)
+    fn chains(&self) -> Vec<String> {
+        let (_, listing) = self.run("list chains inet\n", true);
+        let names = listing
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("chain "));
+        names
+            .filter_map(|l| l.split_whitespace().next())
+            .map(String::from)
+            .collect()
+    }
+
+    /// Run `nft -f -` on `script`: its wall time and, if `capture`, what it printed.
+    fn run(&self, script: &str, capture: bool) -> (Duration, String) {
         let start = Instant::now();
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.name, "nft", "-f", "-"])
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(if capture {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("running `ip netns exec {} nft`: {e}", self.name));
@@ -251,7 +330,10 @@ impl Netns {
                 self.name, output.status
             );
         }
-        elapsed
+        (
+            elapsed,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
     }
 }
 
@@ -292,24 +374,22 @@ fn ms(d: Duration) -> String {
     }
 }
 
-fn markdown(rows: &[Row]) -> String {
+/// The report; the kube-proxy-shape columns only in plain mode.
+fn markdown(rows: &[Row], mix: bool) -> String {
     let mut out = String::new();
     out.push_str(
         "| services | endpoints | script bytes | compile+render | svc-nft load | one change \
-         (bytes) | kube-proxy-shape load | ratio |\n",
+         (bytes) |",
     );
-    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str(if mix {
+        "\n|---:|---:|---:|---:|---:|---:|\n"
+    } else {
+        " kube-proxy-shape load | ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    });
     for r in rows {
-        let (kube_proxy, ratio) = match r.kube_proxy {
-            Some(kp) => (
-                ms(kp),
-                format!("{:.1}×", kp.as_secs_f64() / r.load.as_secs_f64()),
-            ),
-            None => ("—".to_string(), "—".to_string()),
-        };
-        writeln!(
+        write!(
             out,
-            "| {} | {} | {} | {} | {} | {} ({}) | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} ({}) |",
             r.services,
             r.endpoints,
             r.script_bytes,
@@ -317,23 +397,38 @@ fn markdown(rows: &[Row]) -> String {
             ms(r.load),
             ms(r.change),
             r.change_bytes,
-            kube_proxy,
-            ratio
         )
         .unwrap();
+        if !mix {
+            let (kube_proxy, ratio) = match r.kube_proxy {
+                Some(kp) => (
+                    ms(kp),
+                    format!("{:.1}×", kp.as_secs_f64() / r.load.as_secs_f64()),
+                ),
+                None => ("—".to_string(), "—".to_string()),
+            };
+            write!(out, " {kube_proxy} | {ratio} |").unwrap();
+        }
+        out.push('\n');
     }
     out
 }
 
-/// Without `--bench`: build both scripts for a small cluster, no kernel.
+/// Without `--bench`: build the scripts for small clusters, plain and mixed, no kernel.
 fn smoke() {
-    let gen = Synthetic::new(10, ENDPOINTS);
-    let compiled = compile_clean(&gen.objects(), &node_facts());
-    let script = svc_nft_ir::replace_script(&compiled.table);
-    let after = compile_clean(&gen.with_endpoints(5, ENDPOINTS + 1), &node_facts());
-    let change = svc_nft_ir::diff(&compiled.table, &after.table).to_string();
-    let kube_proxy = kube_proxy_script(&gen);
-    assert!(script.contains("pick-v4-tcp-3") && change.contains("pick-v4-tcp-4"));
+    let node = node_facts();
+    for gen in [
+        Synthetic::new(10, ENDPOINTS),
+        Synthetic::new(40, ENDPOINTS).mixed(),
+    ] {
+        let compiled = compile_clean(&gen.objects(), &node);
+        let script = svc_nft_ir::replace_script(&compiled.table);
+        let changed = gen.with_endpoints(gen.services / 2, ENDPOINTS + 1);
+        let after = compile_clean(&changed, &node);
+        let change = svc_nft_ir::diff(&compiled.table, &after.table).to_string();
+        assert!(script.contains("pick-v4-tcp-3") && change.contains("pick-v4-tcp-4"));
+    }
+    let kube_proxy = kube_proxy_script(&Synthetic::new(10, ENDPOINTS));
     assert_eq!(kube_proxy.matches("chain service-").count(), 10);
     println!("kernel_load: scripts OK; run with `cargo bench` to load them into a kernel");
 }

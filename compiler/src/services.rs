@@ -154,7 +154,7 @@ fn endpoint_notes(
     }
     if chosen.local.is_empty() && info.external_local && external {
         notes.push(format!(
-            "{label}: externalTrafficPolicy Local, no endpoint on this node: external traffic DROPped"
+            "{label} ({ip}): externalTrafficPolicy Local, no endpoint on this node: external traffic DROPped"
         ));
     }
     notes
