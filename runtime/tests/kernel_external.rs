@@ -82,44 +82,47 @@ fn manifests_with_sticky(sticky: &[&str]) -> String {
         ),
         service(
             "away",
-            "{type: NodePort, externalTrafficPolicy: Local, clusterIP: 10.96.1.3, ports: [{port: 80, nodePort: 30003}]}",
+            &format!("{{type: NodePort, externalTrafficPolicy: Local, {}, ports: [{{port: 80, nodePort: 30003}}]}}", dual("10.96.1.3", "fd00:96::103")),
             "",
             &[B2],
-            &[],
+            &[B2_V6],
         ),
         service(
             "fw",
-            "{type: LoadBalancer, clusterIP: 10.96.1.4, loadBalancerSourceRanges: [198.51.100.0/24], ports: [{port: 80, nodePort: 30004}]}",
-            &lb("{ip: 203.0.113.4}, {ip: 203.0.113.5, ipMode: Proxy}"),
+            &format!("{{type: LoadBalancer, {}, loadBalancerSourceRanges: [198.51.100.0/24, \"2001:db8:51::/64\"], ports: [{{port: 80, nodePort: 30004}}]}}", dual("10.96.1.4", "fd00:96::104")),
+            &lb("{ip: 203.0.113.4}, {ip: 203.0.113.5, ipMode: Proxy}, {ip: \"2001:db8:113::4\"}"),
             &[B1],
-            &[],
+            &[B1_V6],
         ),
         service("ext", "{clusterIP: 10.96.1.6, externalIPs: [203.0.113.6], ports: [{port: 80}]}", "", &[B1], &[]),
-        service("itp", "{clusterIP: 10.96.1.7, internalTrafficPolicy: Local, ports: [{port: 80}]}", "", &[B1, B2], &[]),
-        service("itp-away", "{clusterIP: 10.96.1.8, internalTrafficPolicy: Local, ports: [{port: 80}]}", "", &[B2], &[]),
+        service("itp", &format!("{{internalTrafficPolicy: Local, {}, ports: [{{port: 80}}]}}", dual("10.96.1.7", "fd00:96::107")), "", &[B1, B2], &[B1_V6, B2_V6]),
+        service("itp-away", &format!("{{internalTrafficPolicy: Local, {}, ports: [{{port: 80}}]}}", dual("10.96.1.8", "fd00:96::108")), "", &[B2], &[B2_V6]),
         service(
             "term",
-            "{clusterIP: 10.96.1.9, ports: [{port: 80}]}",
+            &format!("{{{}, ports: [{{port: 80}}]}}", dual("10.96.1.9", "fd00:96::109")),
             "",
             &["{addresses: [10.244.3.2], conditions: {ready: false, serving: true, terminating: true}}"],
-            &[],
+            &["{addresses: [\"fd00:244:3::2\"], conditions: {ready: false, serving: true, terminating: true}}"],
         ),
         service(
             "dead",
-            "{clusterIP: 10.96.1.10, ports: [{port: 80}]}",
+            &format!("{{{}, ports: [{{port: 80}}]}}", dual("10.96.1.10", "fd00:96::110")),
             "",
             &["{addresses: [10.244.3.2], conditions: {ready: false, serving: false, terminating: true}}"],
-            &[],
+            &["{addresses: [\"fd00:244:3::2\"], conditions: {ready: false, serving: false, terminating: true}}"],
         ),
         service(
             "zoned",
-            "{clusterIP: 10.96.1.11, ports: [{port: 80}]}",
+            &format!("{{{}, ports: [{{port: 80}}]}}", dual("10.96.1.11", "fd00:96::111")),
             "",
             &[
                 "{addresses: [10.244.1.2], hints: {forZones: [{name: zone-a}]}}",
                 "{addresses: [10.244.2.2], hints: {forZones: [{name: zone-b}]}}",
             ],
-            &[],
+            &[
+                "{addresses: [\"fd00:244:1::2\"], hints: {forZones: [{name: zone-a}]}}",
+                "{addresses: [\"fd00:244:2::2\"], hints: {forZones: [{name: zone-b}]}}",
+            ],
         ),
         service(
             "sticky",
@@ -286,4 +289,41 @@ fn session_affinity_pins_each_client() {
         after.iter().all(|(b, _)| *b != gone),
         "still sent to the removed endpoint: {after:?}"
     );
+}
+
+#[test]
+fn the_same_over_ipv6() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new(&manifests(), &flags());
+    let b1 = |peer: &str| pairs(&[("fd00:244:1::2", peer)]);
+    // externalTrafficPolicy Local without a local endpoint: external DROP, pods get through.
+    let x1 = Some(k.x1);
+    assert!(k.agrees(x1, "[2001:db8:51::1]:30003", 1).is_empty(), "DROP");
+    let pod = k.agrees(Some(k.c1), "[2001:db8:51::1]:30003", 3);
+    assert_eq!(pod, pairs(&[("fd00:244:2::2", "fd00:244:9::2")]));
+    // Source ranges: x1's network is admitted, x2's dropped; the NodePort is not filtered.
+    assert_eq!(k.agrees(x1, "[2001:db8:113::4]:80", 3), b1("fd00:244:1::1"));
+    assert!(
+        k.agrees(Some(k.x2), "[2001:db8:113::4]:80", 1).is_empty(),
+        "DROP"
+    );
+    assert_eq!(
+        k.agrees(Some(k.x2), "[2001:db8:51::1]:30004", 3),
+        b1("fd00:244:1::1")
+    );
+    // internalTrafficPolicy Local: the local endpoint only; DROP without one.
+    let c1 = Some(k.c1);
+    assert_eq!(k.agrees(c1, "[fd00:96::107]:80", 12), b1("fd00:244:9::2"));
+    assert!(k.agrees(c1, "[fd00:96::108]:80", 1).is_empty(), "DROP");
+    // Serving and terminating used when nothing is ready; not serving: REJECT.
+    let term = k.agrees(c1, "[fd00:96::109]:80", 3);
+    assert_eq!(term, pairs(&[("fd00:244:3::2", "fd00:244:9::2")]));
+    assert_eq!(
+        tcp(k.ns(k.c1), sock("[fd00:96::110]:80"), T),
+        Outcome::Refused
+    );
+    // Zone hints.
+    assert_eq!(k.agrees(c1, "[fd00:96::111]:80", 12), b1("fd00:244:9::2"));
 }
