@@ -1,13 +1,17 @@
 //! The `svc-nft` command line. Commands write to the writers they are given and return the
 //! exit status, so tests drive them exactly as the binary does.
 
+use crate::agent::{parse_duration, Agent};
+use crate::engine::Engine;
 use crate::explain::{report, Format, Origin, Proto, Query};
 use crate::input;
+use crate::kernel;
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 use svc_nft_compiler::{compile, Compiled, NodeFacts, DEFAULT_TABLE};
 use svc_nft_ir::replace_script;
 
@@ -41,6 +45,36 @@ pub enum Command {
         transaction: bool,
         #[command(flatten)]
         node: NodeArgs,
+    },
+    /// Compile and apply once into this network namespace's kernel, replacing svc-nft's table
+    /// in one transaction; print what changed.
+    Apply {
+        /// A manifest file, a directory of *.yaml|*.yml|*.json files, or - for stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Keep this node's kernel in sync with a manifest directory: recompile when its files
+    /// change, apply the difference; runs until killed, leaving the rules in place.
+    Run {
+        /// The directory to watch.
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Shortest time between two syncs: changes within it are applied together.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        min_sync_period: Duration,
+        /// How often to replace the table whole, repairing any drift.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        sync_period: Duration,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Remove svc-nft's table from this network namespace, and nothing else.
+    Cleanup {
+        /// nftables table svc-nft owns (family inet).
+        #[arg(long, default_value = DEFAULT_TABLE)]
+        table: String,
     },
     /// Where would this node send a new connection? Evaluates the compiled rules (not the
     /// kernel): DNAT candidates with their share, REJECT, DROP or not handled, whether the
@@ -171,6 +205,44 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
                 a != b
             };
             Ok(i32::from(changed))
+        }
+        Command::Apply { paths, node } => {
+            let (compiled, clean) = compile_paths(paths, &node.facts(), err);
+            match Engine::new().reconcile(&compiled.table) {
+                Ok(changes) => {
+                    writeln!(out, "applied table inet {}: {changes}", compiled.table.name)?
+                }
+                Err(e) => {
+                    writeln!(err, "error: {e}")?;
+                    return Ok(2);
+                }
+            }
+            Ok(if clean { 0 } else { 1 })
+        }
+        Command::Run {
+            manifests,
+            min_sync_period,
+            sync_period,
+            node,
+        } => {
+            let agent = Agent {
+                manifests: manifests.clone(),
+                node: node.facts(),
+                min_sync_period: *min_sync_period,
+                sync_period: *sync_period,
+            };
+            agent.run()
+        }
+        Command::Cleanup { table } => {
+            // Declaring the table first makes the delete succeed whether or not it exists.
+            let script = format!("table inet {table} {{}}\ndelete table inet {table}\n");
+            match kernel::apply(&script) {
+                Ok(()) => Ok(0),
+                Err(e) => {
+                    writeln!(err, "error: {e}")?;
+                    Ok(2)
+                }
+            }
         }
         Command::Explain {
             paths,

@@ -1,6 +1,10 @@
-//! svc-nft, the program: reading manifests, the command line, and (later) keeping a node's
-//! kernel in sync. The compiler and the IR live in their own crates; this crate only drives them.
+//! svc-nft, the program: reading manifests, the command line, and keeping a node's kernel in
+//! sync (the apply engine and the agent). The compiler and the IR live in their own crates;
+//! this crate only drives them.
 
+mod agent;
 pub mod cli;
+mod engine;
 mod explain;
 pub mod input;
+mod kernel;

@@ -6,7 +6,7 @@ fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(EnvFilter::try_from_env("SVC_NFT_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(EnvFilter::try_from_env("SVC_NFT_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let code = match run(&cli.command, &mut std::io::stdout(), &mut std::io::stderr()) {
         Ok(code) => code,
