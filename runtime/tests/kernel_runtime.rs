@@ -7,6 +7,7 @@ use netns::cluster::{answers, pairs, Cluster, CIDRS};
 use netns::{tcp, Netns, Outcome};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn svc_nft(ns: &Netns, args: &[&str]) -> Output {
@@ -76,6 +77,9 @@ fn a_refused_transaction_changes_nothing() {
     assert_eq!(ns.nft_list("-j list table inet svc-nft"), before);
 }
 
+/// Poll the directory often: the kill test wants syncs to start right away.
+const FAST: &[&str] = &["--min-sync-period", "10ms"];
+
 /// The agent, running in the node namespace on a manifest directory; killed on drop.
 struct AgentProcess {
     child: Child,
@@ -84,10 +88,27 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn start(node: &Netns, tag: &str, extra: &[&str]) -> AgentProcess {
+        let dir = AgentProcess::directory(tag);
+        let mut args = vec!["--min-sync-period", "100ms"];
+        args.extend(extra);
+        let child = AgentProcess::spawn(node, &dir, &args, false);
+        AgentProcess { child, dir }
+    }
+
+    /// A fresh, empty manifest directory for this test.
+    fn directory(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("svc-nft-agent-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("ip")
+        dir
+    }
+
+    /// `svc-nft run` on `dir` in namespace `node`; in a process group of its own with
+    /// `own_group`, so that a kill reaches the nft it runs too.
+    fn spawn(node: &Netns, dir: &std::path::Path, extra: &[&str], own_group: bool) -> Child {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new("ip");
+        command
             .args([
                 "netns",
                 "exec",
@@ -95,19 +116,40 @@ impl AgentProcess {
                 env!("CARGO_BIN_EXE_svc-nft"),
                 "run",
             ])
-            .args([
-                "--manifests",
-                dir.to_str().unwrap(),
-                "--min-sync-period",
-                "100ms",
-            ])
+            .args(["--manifests", dir.to_str().unwrap()])
             .args(CIDRS)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the agent");
+            .stderr(Stdio::null());
+        if own_group {
+            command.process_group(0);
+        }
+        command.spawn().expect("start the agent")
+    }
+
+    /// An agent in its own process group, so that a kill reaches the nft it runs too.
+    fn start_isolated(node: &Netns, tag: &str) -> AgentProcess {
+        let dir = AgentProcess::directory(tag);
+        let child = AgentProcess::spawn(node, &dir, FAST, true);
         AgentProcess { child, dir }
+    }
+
+    fn restart_isolated(&mut self, node: &Netns) {
+        self.child = AgentProcess::spawn(node, &self.dir, FAST, true);
+    }
+
+    /// SIGKILL the agent and everything it started (nft, mid-transaction or not).
+    fn kill_group(&mut self) {
+        // SAFETY: kill(2) on a process group this test created.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+        // nft is the agent's child: give the kernel a moment to reap it.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// Start a new agent on the same directory, once the caller has stopped this one.
+    fn restart(&mut self, node: &Netns) {
+        self.child = AgentProcess::spawn(node, &self.dir, &["--min-sync-period", "100ms"], false);
     }
 
     fn write(&self, file: &str, content: &str) {
@@ -195,4 +237,133 @@ fn the_agent_follows_its_manifest_directory() {
     eventually("no endpoints: refused again", || {
         connect() == Outcome::Refused
     });
+}
+
+#[test]
+fn restarting_the_agent_never_breaks_connections() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new("", CIDRS);
+    let mut agent = AgentProcess::start(&k.lab.node, "restart", &[]);
+    agent.write(
+        "web.yaml",
+        &[SERVICE, &slice("web-a", "10.244.1.2")].join("---\n"),
+    );
+    let c1 = k.ns(k.c1);
+    let connect = || tcp(c1, "10.96.5.1:80".parse().unwrap(), Duration::from_secs(1));
+    eventually("the Service answers", || {
+        matches!(connect(), Outcome::Answered { .. })
+    });
+    let stop = AtomicBool::new(false);
+    let (ok, failed) = std::thread::scope(|scope| {
+        // A client opening one connection after another, all through the restarts.
+        let client = scope.spawn(|| {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match connect() {
+                    Outcome::Answered { .. } => ok += 1,
+                    other => failed.push(other),
+                }
+            }
+            (ok, failed)
+        });
+        for round in 0..20 {
+            // Alternately SIGTERM and SIGKILL; each new agent starts with a full atomic
+            // replace of the table the previous one left.
+            let signal = if round % 2 == 0 {
+                libc::SIGTERM
+            } else {
+                libc::SIGKILL
+            };
+            // SAFETY: kill(2) on the pid of our own child process.
+            unsafe { libc::kill(agent.child.id() as i32, signal) };
+            let _ = agent.child.wait();
+            agent.restart(&k.lab.node);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        stop.store(true, Ordering::Relaxed);
+        client.join().unwrap()
+    });
+    assert!(ok > 20, "only {ok} connections made");
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+}
+
+/// `n` Services with two endpoints each, numbered from `first`.
+fn many_services(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| {
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\n\
+                 spec: {{clusterIP: 10.96.{hi}.{lo}, ports: [{{port: 80}}]}}\n---\n\
+                 apiVersion: v1\nkind: Endpoints\nmetadata: {{name: s{i}}}\n\
+                 subsets: [{{addresses: [{{ip: 10.244.{hi}.{lo}}}, {{ip: 10.245.{hi}.{lo}}}], ports: [{{port: 80}}]}}]\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// The kernel's copy of the table, without handles.
+fn snapshot(ns: &Netns) -> String {
+    let listing = ns.nft_list("-j list table inet svc-nft");
+    let mut json: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    for item in json["nftables"].as_array_mut().unwrap() {
+        for body in item.as_object_mut().unwrap().values_mut() {
+            if let Some(body) = body.as_object_mut() {
+                body.remove("handle");
+            }
+        }
+    }
+    json.to_string()
+}
+
+#[test]
+fn killing_the_agent_mid_sync_leaves_the_old_or_the_new_ruleset() {
+    if !netns::require() {
+        return;
+    }
+    let ns = Netns::new("kill");
+    // Two large rulesets that differ everywhere; each sync replaces one with the other.
+    let sets = [many_services(0, 1500), many_services(700, 1500)];
+    let mut agent = AgentProcess::start_isolated(&ns, "kill");
+    let mut snapshots = Vec::new();
+    for manifests in &sets {
+        agent.write("all.yaml", manifests);
+        let before = snapshot_or_empty(&ns);
+        eventually("the agent applies it", || snapshot_or_empty(&ns) != before);
+        std::thread::sleep(Duration::from_millis(300));
+        snapshots.push(snapshot(&ns));
+    }
+    agent.kill_group();
+    let mut seed = 0x2545_f491_u64;
+    let mut landed = [0; 2];
+    for round in 0..200 {
+        agent.write("all.yaml", &sets[round % 2]);
+        agent.restart_isolated(&ns);
+        // xorshift: a kill point anywhere from before the compile to after the commit.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(seed % 600));
+        agent.kill_group();
+        let now = snapshot(&ns);
+        let which = snapshots.iter().position(|s| *s == now);
+        let which =
+            which.unwrap_or_else(|| panic!("round {round}: the kernel holds neither ruleset"));
+        landed[which] += 1;
+    }
+    // Both outcomes happened: the kill points really fell before and after commits.
+    assert!(landed.iter().all(|n| *n > 0), "{landed:?}");
+}
+
+fn snapshot_or_empty(ns: &Netns) -> String {
+    let out = ns.exec(&["nft", "-j", "list", "table", "inet", "svc-nft"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
