@@ -4,7 +4,7 @@
 //! whole to repair drift. Stopping it leaves the rules in place for the next agent.
 
 use crate::cli::compile_paths;
-use crate::engine::Engine;
+use crate::engine::{Engine, Route};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 use svc_nft_compiler::NodeFacts;
@@ -51,14 +51,14 @@ impl Agent {
                 match engine.sync(&compiled.table) {
                     Ok(s) => {
                         tracing::info!(
-                            full = s.full,
+                            route = ?s.route,
                             bytes = s.bytes,
                             took_ms = s.took.as_secs_f64() * 1e3,
                             "synced: {}",
                             s.changes
                         );
                         seen = Some(now);
-                        if s.full {
+                        if s.route == Route::Full {
                             last_full = Instant::now();
                         }
                     }

@@ -10,14 +10,25 @@
 //!   `svc-nft apply` changed, or drift such as a flushed chain, a deleted element or table.
 
 use crate::kernel::{self, Changes, Inventory, NftError};
+use crate::netlink::{self, plain, ElementOp};
 use std::time::{Duration, Instant};
-use svc_nft_ir::{diff, replace_script, Op, Table, Transaction};
+use svc_nft_ir::{diff, replace_script, Op, SetFlag, Table, Transaction};
+
+/// How a sync reached the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The whole table replaced, through `nft -f -`.
+    Full,
+    /// Element changes only, over the netlink socket.
+    Netlink,
+    /// A diff with chains, rules or interval sets, through `nft -f -`.
+    Nft,
+}
 
 /// What one sync did.
 #[derive(Debug, Clone, Copy)]
 pub struct Synced {
-    /// The whole table was replaced (rather than a diff applied).
-    pub full: bool,
+    pub route: Route,
     pub changes: Changes,
     /// Size of the script sent to nft.
     pub bytes: usize,
@@ -27,6 +38,8 @@ pub struct Synced {
 #[derive(Default)]
 pub struct Engine {
     applied: Option<Table>,
+    /// The netlink socket of the fast path, opened on first use.
+    socket: Option<netlink::Socket>,
     /// Transactions the kernel refused.
     pub failures: u64,
 }
@@ -39,27 +52,41 @@ impl Engine {
     /// Bring the kernel to `desired`.
     pub fn sync(&mut self, desired: &Table) -> Result<Synced, NftError> {
         let start = Instant::now();
-        if let Some(applied) = &self.applied {
-            let tx = diff(applied, desired);
-            let script = tx.to_string();
-            match kernel::apply(&script) {
-                Ok(()) => {
-                    let changes = count(&tx, applied);
-                    self.applied = Some(desired.clone());
-                    return Ok(Synced {
-                        full: false,
-                        changes,
-                        bytes: script.len(),
-                        took: start.elapsed(),
-                    });
-                }
-                Err(e) => {
-                    self.failures += 1;
-                    tracing::warn!(error = %e, "incremental sync refused by the kernel; replacing the table");
-                }
+        let Some(applied) = self.applied.take() else {
+            return self.replace(desired, start);
+        };
+        let tx = diff(&applied, desired);
+        let changes = count(&tx, &applied);
+        let (route, sent) = match element_ops(&tx, desired) {
+            Some(ops) => {
+                let sent = self.send_elements(&desired.name, &ops);
+                (Route::Netlink, sent.map_err(|e| e.to_string()))
+            }
+            None => {
+                let script = tx.to_string();
+                let sent = kernel::apply(&script).map(|()| script.len());
+                (Route::Nft, sent.map_err(|e| e.to_string()))
+            }
+        };
+        match sent {
+            Ok(bytes) => {
+                self.applied = Some(desired.clone());
+                Ok(Synced {
+                    route,
+                    changes,
+                    bytes,
+                    took: start.elapsed(),
+                })
+            }
+            Err(e) => {
+                // Nothing changed in the kernel (all or nothing); start over from a full
+                // replace, with a fresh socket.
+                self.failures += 1;
+                self.socket = None;
+                tracing::warn!(error = %e, "incremental sync refused by the kernel; replacing the table");
+                self.replace(desired, start)
             }
         }
-        self.replace(desired, start)
     }
 
     /// Replace the table whole, and report how the kernel's copy differed from `desired`
@@ -87,11 +114,54 @@ impl Engine {
             ..Table::default()
         };
         Ok(Synced {
-            full: true,
+            route: Route::Full,
             changes: count(&diff(&empty, desired), &empty),
             bytes: script.len(),
             took: start.elapsed(),
         })
+    }
+}
+
+impl Engine {
+    /// Send element changes over the persistent netlink socket; returns the batch's size.
+    fn send_elements(&mut self, table: &str, ops: &[ElementOp]) -> std::io::Result<usize> {
+        let socket = match &mut self.socket {
+            Some(socket) => socket,
+            empty => empty.insert(netlink::Socket::open()?),
+        };
+        socket.apply(table, ops)
+    }
+}
+
+/// The transaction as netlink element commands, when that is all it is (no chains, rules or
+/// sets) and every element is plain (interval sets take nft's range encoding).
+fn element_ops<'t>(tx: &'t Transaction, desired: &Table) -> Option<Vec<ElementOp<'t>>> {
+    let plain_set = |name: &str| {
+        desired
+            .sets
+            .get(name)
+            .is_some_and(|s| !s.flags.contains(&SetFlag::Interval))
+    };
+    tx.ops
+        .iter()
+        .map(|op| match op {
+            Op::AddElements(set, elems)
+                if plain_set(set) && elems.iter().all(|(k, e)| plain(k) && plain_data(e)) =>
+            {
+                Some(ElementOp::Add(set, elems))
+            }
+            Op::DeleteElements(set, keys) if plain_set(set) && keys.iter().all(|k| plain(k)) => {
+                Some(ElementOp::Delete(set, keys))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn plain_data(e: &svc_nft_ir::Element) -> bool {
+    match &e.data {
+        Some(svc_nft_ir::Data::Values(v)) => plain(v),
+        _ => true,
     }
 }
 

@@ -4,7 +4,8 @@
 
 mod agent;
 pub mod cli;
-mod engine;
+pub mod engine;
 mod explain;
 pub mod input;
-mod kernel;
+pub mod kernel;
+mod netlink;
