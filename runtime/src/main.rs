@@ -1,4 +1,5 @@
 use clap::Parser;
+use std::io::IsTerminal;
 use svc_nft::cli::{run, Cli};
 use tracing_subscriber::EnvFilter;
 
@@ -6,6 +7,7 @@ fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(EnvFilter::try_from_env("SVC_NFT_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let code = match run(&cli.command, &mut std::io::stdout(), &mut std::io::stderr()) {
