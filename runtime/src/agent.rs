@@ -8,7 +8,6 @@ use crate::engine::{Engine, Route};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 use svc_nft_compiler::NodeFacts;
-use svc_nft_ir::Table;
 
 pub struct Agent {
     pub manifests: PathBuf,
@@ -38,7 +37,6 @@ impl Agent {
     pub fn run(&self) -> ! {
         let mut engine = Engine::new();
         let mut seen = None;
-        let mut desired: Option<Table> = None;
         let mut last_full = Instant::now();
         loop {
             let now = fingerprint(&self.manifests);
@@ -48,7 +46,7 @@ impl Agent {
                     &self.node,
                     &mut std::io::stderr(),
                 );
-                match engine.sync(&compiled.table) {
+                match engine.sync(compiled.table) {
                     Ok(s) => {
                         tracing::info!(
                             route = ?s.route,
@@ -65,15 +63,12 @@ impl Agent {
                     // Retried on the next tick; the kernel still holds the last good rules.
                     Err(e) => tracing::error!(failures = engine.failures, "sync failed: {e}"),
                 }
-                desired = Some(compiled.table);
-            } else if let Some(table) = desired
-                .as_ref()
-                .filter(|_| last_full.elapsed() >= self.sync_period)
-            {
-                match engine.reconcile(table) {
-                    Ok(drift) if drift.is_empty() => tracing::debug!("verified: no drift"),
-                    Ok(drift) => tracing::warn!("repaired drift: {drift}"),
-                    Err(e) => tracing::error!("repair failed: {e}"),
+            } else if last_full.elapsed() >= self.sync_period {
+                match engine.repair() {
+                    Some(Ok(drift)) if drift.is_empty() => tracing::debug!("verified: no drift"),
+                    Some(Ok(drift)) => tracing::warn!("repaired drift: {drift}"),
+                    Some(Err(e)) => tracing::error!("repair failed: {e}"),
+                    None => {}
                 }
                 last_full = Instant::now();
             }

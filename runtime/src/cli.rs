@@ -208,10 +208,9 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
         }
         Command::Apply { paths, node } => {
             let (compiled, clean) = compile_paths(paths, &node.facts(), err);
-            match Engine::new().reconcile(&compiled.table) {
-                Ok(changes) => {
-                    writeln!(out, "applied table inet {}: {changes}", compiled.table.name)?
-                }
+            let name = compiled.table.name.clone();
+            match Engine::new().reconcile(compiled.table) {
+                Ok(changes) => writeln!(out, "applied table inet {name}: {changes}")?,
                 Err(e) => {
                     writeln!(err, "error: {e}")?;
                     return Ok(2);

@@ -49,15 +49,15 @@ impl Engine {
         Engine::default()
     }
 
-    /// Bring the kernel to `desired`.
-    pub fn sync(&mut self, desired: &Table) -> Result<Synced, NftError> {
+    /// Bring the kernel to `desired` (kept as the applied table: no copy on this path).
+    pub fn sync(&mut self, desired: Table) -> Result<Synced, NftError> {
         let start = Instant::now();
         let Some(applied) = self.applied.take() else {
             return self.replace(desired, start);
         };
-        let tx = diff(&applied, desired);
+        let tx = diff(&applied, &desired);
         let changes = count(&tx, &applied);
-        let (route, sent) = match element_ops(&tx, desired) {
+        let (route, sent) = match element_ops(&tx, &desired) {
             Some(ops) => {
                 let sent = self.send_elements(&desired.name, &ops);
                 (Route::Netlink, sent.map_err(|e| e.to_string()))
@@ -70,7 +70,7 @@ impl Engine {
         };
         match sent {
             Ok(bytes) => {
-                self.applied = Some(desired.clone());
+                self.applied = Some(desired);
                 Ok(Synced {
                     route,
                     changes,
@@ -89,33 +89,41 @@ impl Engine {
         }
     }
 
-    /// Replace the table whole, and report how the kernel's copy differed from `desired`
+    /// Replace the table whole with `desired`, and report how the kernel's copy differed
     /// (excluding the elements rules add, such as affinity entries).
-    pub fn reconcile(&mut self, desired: &Table) -> Result<Changes, NftError> {
-        let before = kernel::list_table(&desired.name)?;
+    pub fn reconcile(&mut self, desired: Table) -> Result<Changes, NftError> {
+        let name = desired.name.clone();
+        let before = kernel::list_table(&name)?;
         self.replace(desired, Instant::now())?;
-        let after = kernel::list_table(&desired.name)?;
+        let after = kernel::list_table(&name)?;
         let inventory = |listing: &Option<serde_json::Value>| {
             listing.as_ref().map(Inventory::of).unwrap_or_default()
         };
         Ok(inventory(&before).changes(&inventory(&after)))
     }
 
-    fn replace(&mut self, desired: &Table, start: Instant) -> Result<Synced, NftError> {
-        let script = replace_script(desired);
+    /// `reconcile` to the applied table: repairs drift. `None` before the first good sync.
+    pub fn repair(&mut self) -> Option<Result<Changes, NftError>> {
+        let applied = self.applied.take()?;
+        Some(self.reconcile(applied))
+    }
+
+    fn replace(&mut self, desired: Table, start: Instant) -> Result<Synced, NftError> {
+        let script = replace_script(&desired);
         if let Err(e) = kernel::apply(&script) {
             self.failures += 1;
             return Err(e);
         }
-        self.applied = Some(desired.clone());
         let empty = Table {
             family: desired.family,
             name: desired.name.clone(),
             ..Table::default()
         };
+        let changes = count(&diff(&empty, &desired), &empty);
+        self.applied = Some(desired);
         Ok(Synced {
             route: Route::Full,
-            changes: count(&diff(&empty, desired), &empty),
+            changes,
             bytes: script.len(),
             took: start.elapsed(),
         })

@@ -245,8 +245,8 @@ fn engine_syncs_from_a_to_b() {
         let (target, counter) = (b.clone(), over_netlink.clone());
         let route = ns.run(move || {
             let mut engine = Engine::new();
-            engine.sync(&a).expect("first sync");
-            let synced = engine.sync(&target).expect("incremental sync");
+            engine.sync(a).expect("first sync");
+            let synced = engine.sync(target).expect("incremental sync");
             assert_eq!(engine.failures, 0);
             synced.route
         });
@@ -294,8 +294,8 @@ fn element_only_changes_go_over_netlink() {
     let target = b.clone();
     let route = ns.run(move || {
         let mut engine = Engine::new();
-        engine.sync(&a).expect("first sync");
-        engine.sync(&target).expect("incremental sync").route
+        engine.sync(a).expect("first sync");
+        engine.sync(target).expect("incremental sync").route
     });
     assert_eq!(route, Route::Netlink);
     assert_eq!(kernel_state(&ns, &b), expected);

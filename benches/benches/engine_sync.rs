@@ -1,0 +1,117 @@
+//! What one Service change costs the engine, end to end, at 1k/10k/100k Services × 3
+//! endpoints: one endpoint of one Service moves (same count, so only elements change). Timed:
+//! the IR diff alone, the engine's whole sync (diff + netlink batch + kernel commit), and for
+//! comparison the same change as an `nft -f -` process.
+//!
+//! ```text
+//! sudo cargo bench -p svc-nft-benches --bench engine_sync
+//! SVC_NFT_BENCH_SIZES=1000,10000 sudo cargo bench -p svc-nft-benches --bench engine_sync
+//! ```
+//!
+//! The process moves itself into a network namespace of its own (`svcnft-engine-<pid>`,
+//! deleted at the end) before touching the kernel; nothing runs in the caller's namespace.
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use svc_nft::engine::Engine;
+use svc_nft::kernel;
+use svc_nft_benches::{compile_clean, node_facts, Synthetic};
+use svc_nft_compiler::{Object, Resource};
+use svc_nft_ir::diff;
+
+/// The namespace this process runs in; deleted on drop.
+struct Namespace(String);
+
+impl Namespace {
+    fn enter() -> Namespace {
+        let name = format!("svcnft-engine-{}", std::process::id());
+        let ok = Command::new("ip").args(["netns", "add", &name]).status();
+        assert!(
+            ok.is_ok_and(|s| s.success()),
+            "ip netns add {name}: needs root"
+        );
+        let ns = Namespace(name);
+        let file = std::fs::File::open(format!("/run/netns/{}", ns.0)).expect("open the namespace");
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns(2) on a namespace file we just opened; this thread alone runs the bench.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        ns
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The cluster with endpoint 0 of Service `i` moved to an address no one else uses.
+fn moved(objects: &[Object], i: usize) -> Vec<Object> {
+    let name = format!("svc-{i}-v4");
+    let mut out = objects.to_vec();
+    for obj in &mut out {
+        if let Resource::EndpointSlice(slice) = &mut obj.resource {
+            let slice: &mut EndpointSlice = slice;
+            if slice.metadata.name.as_deref() == Some(&name) {
+                let endpoints = slice.endpoints.as_mut().expect("endpoints");
+                endpoints[0].addresses = vec!["10.250.0.1".to_string()];
+            }
+        }
+    }
+    out
+}
+
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // `cargo test --benches`: nothing to check without a kernel
+    }
+    let sizes: Vec<usize> = std::env::var("SVC_NFT_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000,10000,100000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("SVC_NFT_BENCH_SIZES: numbers"))
+        .collect();
+    let _ns = Namespace::enter();
+    println!(
+        "| Services | IR diff | engine sync (diff + netlink commit) | same change via `nft -f -` |"
+    );
+    println!("|---:|---:|---:|---:|");
+    for n in sizes {
+        let node = node_facts();
+        let objects = Synthetic::new(n, 3).objects();
+        let a = compile_clean(&objects, &node).table;
+        let b = compile_clean(&moved(&objects, n / 2), &node).table;
+        let mut engine = Engine::new();
+        engine.sync(a.clone()).expect("full load");
+        let (mut diffs, mut syncs, mut nfts) = (vec![], vec![], vec![]);
+        for _ in 0..5 {
+            let t = Instant::now();
+            std::hint::black_box(diff(&a, &b));
+            diffs.push(t.elapsed());
+            let target = b.clone();
+            let t = Instant::now();
+            let synced = engine.sync(target).expect("sync to B");
+            syncs.push(t.elapsed());
+            assert_eq!(synced.route, svc_nft::engine::Route::Netlink);
+            // Back to A through nft, timing the process, then tell the engine.
+            let script = diff(&b, &a).to_string();
+            let t = Instant::now();
+            kernel::apply(&script).expect("nft back to A");
+            nfts.push(t.elapsed());
+            engine = Engine::new();
+            engine.sync(a.clone()).expect("full load");
+        }
+        println!(
+            "| {n} | {:.2?} | {:.2?} | {:.2?} |",
+            median(diffs),
+            median(syncs),
+            median(nfts)
+        );
+    }
+}
