@@ -289,3 +289,45 @@ impl Elements<'_> {
         }
     }
 }
+
+/// The UDP side of a table, for the runtime's conntrack cleanup.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UdpTargets {
+    /// Frontends (`address, port`) that DNAT somewhere.
+    pub frontends: BTreeSet<(IpAddr, u16)>,
+    /// The endpoints they DNAT to.
+    pub endpoints: BTreeSet<(IpAddr, u16)>,
+}
+
+/// Read the UDP frontends and endpoints of a compiled table.
+pub fn udp_targets(table: &Table) -> UdpTargets {
+    let socket = |a: &Value, p: &Value| match (a, p) {
+        (Value::Ipv4(a), Value::Port(p)) => Some((IpAddr::V4(*a), *p)),
+        (Value::Ipv6(a), Value::Port(p)) => Some((IpAddr::V6(*a), *p)),
+        _ => None,
+    };
+    let mut out = UdpTargets::default();
+    for f in FAMILIES {
+        for (key, elem) in table
+            .sets
+            .get(&f.name("service-ports"))
+            .map(|s| &s.elements)
+            .into_iter()
+            .flatten()
+        {
+            let dnat = matches!(elem.data, Some(Data::Verdict(Verdict::Goto(_))));
+            if let ([a, Value::Proto(L4Proto::Udp), p], true) = (key.as_slice(), dnat) {
+                out.frontends.extend(socket(a, p));
+            }
+        }
+        for local in [false, true] {
+            let map = table.sets.get(&endpoints_map(f, L4Proto::Udp, local));
+            for elem in map.map(|m| m.elements.values()).into_iter().flatten() {
+                if let Some(Data::Values(v)) = &elem.data {
+                    out.endpoints.extend(socket(&v[0], &v[1]));
+                }
+            }
+        }
+    }
+    out
+}

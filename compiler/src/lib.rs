@@ -17,6 +17,7 @@ mod services;
 
 pub use chains::MASQUERADE_MARK;
 pub use diagnostic::{Diagnostic, ObjectId, Origin};
+pub use layout::{udp_targets, UdpTargets};
 pub use manifest::{parse, Object, Resource};
 pub use node::{NodeFacts, DEFAULT_TABLE};
 

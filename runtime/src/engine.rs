@@ -9,9 +9,11 @@
 //! - `reconcile`: a full replace that reports how the kernel's copy differed before it — what
 //!   `svc-nft apply` changed, or drift such as a flushed chain, a deleted element or table.
 
+use crate::conntrack;
 use crate::kernel::{self, Changes, Inventory, NftError};
 use crate::netlink::{self, plain, ElementOp};
 use std::time::{Duration, Instant};
+use svc_nft_compiler::udp_targets;
 use svc_nft_ir::{diff, replace_script, Op, SetFlag, Table, Transaction};
 
 /// How a sync reached the kernel.
@@ -70,6 +72,7 @@ impl Engine {
         };
         match sent {
             Ok(bytes) => {
+                clear_stale_udp(&applied, &desired);
                 self.applied = Some(desired);
                 Ok(Synced {
                     route,
@@ -127,6 +130,19 @@ impl Engine {
             bytes: script.len(),
             took: start.elapsed(),
         })
+    }
+}
+
+/// Delete the conntrack entries a change of UDP endpoints leaves stale (see
+/// [`crate::conntrack`]). Failing to is logged, not fatal: the rules are already right.
+fn clear_stale_udp(before: &Table, after: &Table) {
+    let (old, new) = (udp_targets(before), udp_targets(after));
+    let gone = old.endpoints.difference(&new.endpoints).copied().collect();
+    let fresh = new.frontends.difference(&old.frontends).copied().collect();
+    match conntrack::clear_udp(&gone, &fresh) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("deleted {n} stale UDP conntrack entries"),
+        Err(e) => tracing::warn!("could not delete stale UDP conntrack entries: {e}"),
     }
 }
 

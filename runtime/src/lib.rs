@@ -4,6 +4,7 @@
 
 mod agent;
 pub mod cli;
+mod conntrack;
 pub mod engine;
 mod explain;
 pub mod input;

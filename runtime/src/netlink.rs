@@ -15,10 +15,12 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_ACK: u16 = 0x4;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -147,12 +149,22 @@ impl Socket {
         Ok(batch.len())
     }
 
-    fn next_seq(&mut self) -> u32 {
+    pub(crate) fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
     }
 
-    fn send(&self, batch: &[u8]) -> io::Result<()> {
+    /// Receive one datagram (possibly several messages) into `buf`.
+    pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: receiving into a buffer we own.
+        let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+        if n < 0 {
+            return Err(last_error("netlink receive"));
+        }
+        Ok(n as usize)
+    }
+
+    pub(crate) fn send(&self, batch: &[u8]) -> io::Result<()> {
         // SAFETY: sending a buffer we own to the kernel (nl_pid 0).
         let sent = unsafe {
             let mut addr: libc::sockaddr_nl = std::mem::zeroed();
@@ -174,7 +186,7 @@ impl Socket {
     }
 
     /// Read acknowledgements until every message has one; the first error wins.
-    fn wait_acks(&self, seqs: &[u32]) -> io::Result<()> {
+    pub(crate) fn wait_acks(&self, seqs: &[u32]) -> io::Result<()> {
         let mut pending: std::collections::BTreeSet<u32> = seqs.iter().copied().collect();
         let mut failure = None;
         let mut buf = vec![0u8; 1 << 16];
@@ -211,12 +223,12 @@ impl Socket {
     }
 }
 
-fn align(n: usize) -> usize {
+pub(crate) fn align(n: usize) -> usize {
     (n + 3) & !3
 }
 
 /// nlmsghdr + nfgenmsg; the length is patched by `finish` (BEGIN/END are header-only).
-fn header(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
+pub(crate) fn header(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
     let len: u32 = 20;
     buf.extend_from_slice(&len.to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
@@ -228,19 +240,19 @@ fn header(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_id
     buf.extend_from_slice(&res_id.to_be_bytes());
 }
 
-fn finish(buf: &mut [u8], start: usize) {
+pub(crate) fn finish(buf: &mut [u8], start: usize) {
     let len = (buf.len() - start) as u32;
     buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
 }
 
-fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+pub(crate) fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
     buf.extend_from_slice(payload);
     buf.resize(align(buf.len()), 0);
 }
 
-fn nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
     let start = buf.len();
     buf.extend_from_slice(&[0, 0]);
     buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
@@ -249,7 +261,7 @@ fn nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
     buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
 }
 
-fn cstr(s: &str) -> Vec<u8> {
+pub(crate) fn cstr(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
     v

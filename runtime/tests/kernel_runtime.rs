@@ -367,3 +367,79 @@ fn snapshot_or_empty(ns: &Netns) -> String {
     let out = ns.exec(&["nft", "-j", "list", "table", "inet", "svc-nft"]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+fn udp_service(backend: &str) -> String {
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: t}\n\
+                   spec: {clusterIP: 10.96.5.53, ports: [{port: 53, protocol: UDP, targetPort: 5353}]}\n";
+    let slice = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: dns-a, namespace: t, labels: {{kubernetes.io/service-name: dns}}}}\n\
+         addressType: IPv4\nports: [{{port: 5353, protocol: UDP}}]\nendpoints: [{{addresses: [{backend}]}}]\n"
+    );
+    [service, &slice].join("---\n")
+}
+
+#[test]
+fn a_udp_client_follows_its_endpoint_at_once() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new("", CIDRS);
+    let agent = AgentProcess::start(&k.lab.node, "udp", &[]);
+    agent.write("dns.yaml", &udp_service("10.244.1.2"));
+    let vip: std::net::SocketAddr = "10.96.5.53:53".parse().unwrap();
+    eventually("the UDP Service answers", || {
+        matches!(
+            netns::udp(k.ns(k.c1), vip, Duration::from_millis(300)),
+            Outcome::Answered { .. }
+        )
+    });
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let client_stop = stop.clone();
+    let answers = std::thread::scope(|scope| {
+        // One socket, one source port: conntrack keeps its entry for as long as it sends.
+        let client = scope.spawn(|| {
+            k.ns(k.c1).run(move || {
+                let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                socket.connect(vip).unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 256];
+                while !client_stop.load(Ordering::Relaxed) {
+                    socket.send(b"who?").unwrap();
+                    if let Ok(n) = socket.recv(&mut buf) {
+                        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                        seen.push((
+                            Instant::now(),
+                            text.split_whitespace().next().unwrap_or("").to_string(),
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                seen
+            })
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let switched = Instant::now();
+        agent.write("dns.yaml", &udp_service("10.244.2.2"));
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        (switched, client.join().unwrap())
+    });
+    let (switched, seen) = answers;
+    assert!(seen.iter().any(|(_, b)| b == "10.244.1.2"), "{seen:?}");
+    let first_new = seen.iter().find(|(_, b)| b == "10.244.2.2");
+    let (when, _) = first_new.unwrap_or_else(|| panic!("never reached the new endpoint: {seen:?}"));
+    assert!(
+        *when < switched + Duration::from_secs(2),
+        "the new endpoint answered only after {:?}",
+        *when - switched
+    );
+    // And the old one never again after that.
+    assert!(
+        seen.iter().all(|(t, b)| t <= when || b == "10.244.2.2"),
+        "{seen:?}"
+    );
+}
