@@ -312,9 +312,7 @@ fn run_rule(table: &Table, stmts: &[Stmt], state: State, share: f64) -> Vec<(Ste
             }
             run_rule(table, rest, st, share)
         }
-        Stmt::MetaSet { .. } | Stmt::Counter | Stmt::Update { .. } => {
-            run_rule(table, rest, st, share)
-        }
+        Stmt::MetaSet { .. } | Stmt::Update { .. } => run_rule(table, rest, st, share),
         Stmt::Reject(_) => vec![(Step::Final(End::Final(Fate::Reject)), st, share)],
         Stmt::Verdict(v) => vec![(Step::Verdict(v.clone()), st, share)],
     }
@@ -396,7 +394,7 @@ fn eval(st: &State, expr: &Expr, slot: Option<u32>) -> Option<Vec<Value>> {
             _ => None,
         },
         Expr::Value(v) => one(v.clone()),
-        Expr::AnonSet(_) | Expr::SetRef(_) => None,
+        Expr::SetRef(_) => None,
     }
 }
 
@@ -418,7 +416,6 @@ fn matches(table: &Table, st: &State, left: &Expr, op: CmpOp, right: &Expr) -> b
             };
             match right {
                 Expr::SetRef(set) => lookup(table, set, &key).is_some(),
-                Expr::AnonSet(values) => values.iter().any(|v| component_matches(v, &key[0])),
                 other => eval(st, other, None).is_some_and(|r| r == key),
             }
         }

@@ -24,8 +24,6 @@ pub enum L4Proto {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CtState {
     New,
-    Established,
-    Related,
 }
 
 /// A constant: one component of a set key, of map data, or the right side of a match.
@@ -119,8 +117,6 @@ pub enum Expr {
     /// `expr OP constant`, e.g. `meta mark & 0x4000`.
     Bitwise(Box<Expr>, BinOp, u32),
     Value(Value),
-    /// An anonymous set literal: `{ a, b }`.
-    AnonSet(Vec<Value>),
     /// A named set of the same table: `@name`.
     SetRef(String),
     /// `fib saddr type`: what kind of address the source is on this host (e.g. local).
@@ -193,7 +189,6 @@ pub enum Stmt {
     },
     /// `reject [with tcp reset]`: refuse the connection.
     Reject(RejectWith),
-    Counter,
     Verdict(Verdict),
 }
 

@@ -73,8 +73,6 @@ impl Display for Value {
             Value::Int(i) => write!(f, "{i}"),
             Value::Bits(b) => write!(f, "{b:#x}"),
             Value::CtState(CtState::New) => f.write_str("new"),
-            Value::CtState(CtState::Established) => f.write_str("established"),
-            Value::CtState(CtState::Related) => f.write_str("related"),
             Value::CtStatusDnat => f.write_str("dnat"),
             Value::LocalAddress => f.write_str("local"),
         }
@@ -131,7 +129,6 @@ impl Display for Expr {
                 write!(f, "{e} {op} {v:#x}")
             }
             Expr::Value(v) => write!(f, "{v}"),
-            Expr::AnonSet(vs) => write!(f, "{{ {} }}", join(vs, ", ")),
             Expr::SetRef(name) => write!(f, "@{name}"),
         }
     }
@@ -183,7 +180,6 @@ impl Display for Stmt {
             }
             Stmt::Reject(RejectWith::PortUnreachable) => f.write_str("reject"),
             Stmt::Reject(RejectWith::TcpReset) => f.write_str("reject with tcp reset"),
-            Stmt::Counter => f.write_str("counter"),
             Stmt::Verdict(v) => write!(f, "{v}"),
         }
     }
