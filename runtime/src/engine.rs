@@ -12,9 +12,10 @@
 use crate::conntrack;
 use crate::kernel::{self, Changes, Inventory, NftError};
 use crate::netlink::{self, plain, ElementOp};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use svc_nft_compiler::udp_targets;
-use svc_nft_ir::{diff, replace_script, Op, SetFlag, Table, Transaction};
+use svc_nft_ir::{diff, replace_script, Data, Op, SetFlag, Stmt, Table, Transaction};
 
 /// How a sync reached the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,10 +113,17 @@ impl Engine {
     }
 
     fn replace(&mut self, desired: Table, start: Instant) -> Result<Synced, NftError> {
-        let script = replace_script(&desired);
-        if let Err(e) = kernel::apply(&script) {
-            self.failures += 1;
-            return Err(e);
+        let mut script = replace_script(&desired);
+        let carried = carried_affinity(&desired);
+        // In the same transaction: clients keep their endpoints across the replace.
+        let with_carried = script.clone() + &carried;
+        if carried.is_empty() || kernel::apply(&with_carried).is_err() {
+            if let Err(e) = kernel::apply(&script) {
+                self.failures += 1;
+                return Err(e);
+            }
+        } else {
+            script = with_carried;
         }
         let empty = Table {
             family: desired.family,
@@ -131,6 +139,42 @@ impl Engine {
             took: start.elapsed(),
         })
     }
+}
+
+/// The session-affinity entries of the table now in the kernel, as commands that put them
+/// back after a full replace — only those pointing at endpoints `desired` still has. Empty
+/// when `desired` records no affinity (no `update` statement).
+fn carried_affinity(desired: &Table) -> String {
+    let stmts = desired
+        .chains
+        .values()
+        .flat_map(|c| &c.rules)
+        .flat_map(|r| &r.stmts);
+    if !stmts.into_iter().any(|s| matches!(s, Stmt::Update { .. })) {
+        return String::new();
+    }
+    let live: BTreeSet<String> = desired
+        .sets
+        .values()
+        .flat_map(|s| s.elements.values())
+        .filter_map(|e| match &e.data {
+            Some(Data::Values(v)) => Some(
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" . "),
+            ),
+            _ => None,
+        })
+        .collect();
+    let timed = desired
+        .sets
+        .iter()
+        .filter(|(_, s)| s.flags.contains(&SetFlag::Timeout));
+    timed
+        .filter_map(|(name, _)| kernel::list_map(&desired.name, name))
+        .map(|listing| kernel::carried_elements(&listing, |data| live.contains(data)))
+        .collect()
 }
 
 /// Delete the conntrack entries a change of UDP endpoints leaves stale (see

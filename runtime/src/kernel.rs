@@ -43,6 +43,13 @@ pub fn list_table(name: &str) -> Result<Option<Value>, NftError> {
     serde_json::from_str(&listing).map(Some).map_err(failed)
 }
 
+/// `nft -j list map inet TABLE MAP` as JSON, or `None` when it cannot be listed (no such
+/// table or map yet).
+pub fn list_map(table: &str, map: &str) -> Option<Value> {
+    let listing = run(&["-j", "list", "map", "inet", table, map], "").ok()?;
+    serde_json::from_str(&listing).ok()
+}
+
 fn run(args: &[&str], stdin: &str) -> Result<String, NftError> {
     let mut child = Command::new("nft")
         .args(args)
@@ -66,6 +73,60 @@ fn items(listing: &Value) -> impl Iterator<Item = &Value> {
     listing["nftables"].as_array().into_iter().flatten()
 }
 
+/// Whether rules fill this set (`update @set`): nft 1.0.6 lists such sets with the `timeout`
+/// flag but without `dynamic`, and only they have timeouts in svc-nft's layout.
+fn filled_by_rules(set: &Value) -> bool {
+    let flags = set["flags"].as_array().into_iter().flatten();
+    flags.into_iter().any(|f| f == "dynamic" || f == "timeout")
+}
+
+/// The elements rules added to the table's maps, as `add element` commands that put them
+/// back with the lifetime they have left — so that a table replaced at start-up keeps its
+/// clients' session affinity. Only entries whose data `keep` accepts are carried over.
+pub fn carried_elements(listing: &Value, keep: impl Fn(&str) -> bool) -> String {
+    let mut script = String::new();
+    for item in items(listing) {
+        let Some(set) = item.get("map").filter(|s| filled_by_rules(s)) else {
+            continue;
+        };
+        let table = set["table"].as_str().unwrap_or_default();
+        let name = set["name"].as_str().unwrap_or_default();
+        let elems: Vec<String> = set["elem"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|pair| {
+                let (key, data) = (&pair[0]["elem"], nft_text(&pair[1]));
+                let expires = key["expires"].as_u64().filter(|_| keep(&data))?;
+                let timeout = key["timeout"].as_u64()?;
+                let key = nft_text(&key["val"]);
+                Some(format!(
+                    "{key} timeout {timeout}s expires {expires}s : {data}"
+                ))
+            })
+            .collect();
+        if !elems.is_empty() {
+            script += &format!(
+                "add element inet {table} {name} {{ {} }}\n",
+                elems.join(", ")
+            );
+        }
+    }
+    script
+}
+
+/// A JSON value of a listing back in nft's syntax: `10.0.0.1 . 80`.
+fn nft_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Object(o) if o.contains_key("concat") => {
+            let parts = o["concat"].as_array().into_iter().flatten();
+            parts.map(nft_text).collect::<Vec<_>>().join(" . ")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// What a table holds, as the kernel lists it: chains, rules and set elements, each in a
 /// canonical text form, so two listings can be compared and counted.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -78,8 +139,8 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Read a `nft -j list table` listing. Elements of sets rules fill (`dynamic`, like the
-    /// affinity map) are the traffic's, not ours, and are left out.
+    /// Read a `nft -j list table` listing. Elements of sets rules fill (like the affinity
+    /// map) are the traffic's, not ours, and are left out.
     pub fn of(listing: &Value) -> Inventory {
         let mut inv = Inventory::default();
         let mut position = std::collections::BTreeMap::<String, usize>::new();
@@ -93,16 +154,9 @@ impl Inventory {
                 inv.rules.insert((chain, *n, rule["expr"].to_string()));
                 *n += 1;
             } else if let Some(set) = item.get("set").or_else(|| item.get("map")) {
-                let dynamic = set["flags"]
-                    .as_array()
-                    .is_some_and(|f| f.iter().any(|f| f == "dynamic"));
                 let name = set["name"].as_str().unwrap_or_default();
-                for elem in set["elem"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|_| !dynamic)
-                {
+                let elems = set["elem"].as_array().into_iter().flatten();
+                for elem in elems.filter(|_| !filled_by_rules(set)) {
                     inv.elements.insert((name.to_string(), elem.to_string()));
                 }
             }

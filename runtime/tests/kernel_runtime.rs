@@ -443,3 +443,47 @@ fn a_udp_client_follows_its_endpoint_at_once() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn session_affinity_survives_an_agent_restart() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new("", CIDRS);
+    let mut agent = AgentProcess::start(&k.lab.node, "sticky", &[]);
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: sticky, namespace: t}\n\
+                   spec: {clusterIP: 10.96.5.7, sessionAffinity: ClientIP, ports: [{port: 80, targetPort: 8080}]}\n";
+    let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {name: sticky-a, namespace: t, labels: {kubernetes.io/service-name: sticky}}\n\
+                 addressType: IPv4\nports: [{port: 8080}]\n\
+                 endpoints: [{addresses: [10.244.1.2]}, {addresses: [10.244.2.2]}]\n";
+    agent.write("sticky.yaml", &[service, slice].join("---\n"));
+    let vip: std::net::SocketAddr = "10.96.5.7:80".parse().unwrap();
+    let pinned = |client: usize| answers(6, || tcp(k.ns(client), vip, Duration::from_secs(1)));
+    eventually("the Service answers", || {
+        matches!(
+            tcp(k.ns(k.c1), vip, Duration::from_millis(300)),
+            Outcome::Answered { .. }
+        )
+    });
+    let before = [pinned(k.c1), pinned(k.x1)];
+    assert!(before.iter().all(|b| b.len() == 1), "pinned: {before:?}");
+    let entries = || k.lab.node.nft_list("list map inet svc-nft affinity-v4");
+    assert!(
+        entries().contains("10.244.9.2 . 10.96.5.7 . tcp . 80"),
+        "{}",
+        entries()
+    );
+
+    // SAFETY: kill(2) on the pid of our own child process.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGKILL) };
+    let _ = agent.child.wait();
+    agent.restart(&k.lab.node);
+    std::thread::sleep(Duration::from_millis(800)); // the new agent's first (full) sync
+    assert!(
+        entries().contains("10.244.9.2 . 10.96.5.7 . tcp . 80"),
+        "lost: {}",
+        entries()
+    );
+    assert_eq!([pinned(k.c1), pinned(k.x1)], before);
+}
