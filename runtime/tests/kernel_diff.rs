@@ -16,8 +16,12 @@ use svc_nft_ir::{
 
 /// The kernel's view of the table, in a canonical form.
 fn kernel_state(ns: &Netns, table: &Table) -> Json {
-    let listing = ns.nft_list(&format!("-j list table {} {}", "inet", table.name));
-    let mut json: Json = serde_json::from_str(&listing).expect("nft -j output is JSON");
+    canonical_listing(&ns.nft_list(&format!("-j list table inet {}", table.name)))
+}
+
+/// A `nft -j list table` listing in a canonical form.
+fn canonical_listing(listing: &str) -> Json {
+    let mut json: Json = serde_json::from_str(listing).expect("nft -j output is JSON");
     canonical(&mut json);
     let mut items = json["nftables"].as_array().cloned().unwrap_or_default();
     items.retain(|i| i.get("metainfo").is_none());
@@ -299,4 +303,74 @@ fn element_only_changes_go_over_netlink() {
     });
     assert_eq!(route, Route::Netlink);
     assert_eq!(kernel_state(&ns, &b), expected);
+}
+
+/// One engine through a sequence of changes; after each sync the kernel holds exactly what
+/// loading that step's table whole gives.
+#[test]
+fn engine_follows_a_sequence_of_changes() {
+    use svc_nft::engine::Engine;
+    if !netns::require() {
+        return;
+    }
+    let svc = |name: &str, vip: &str, ports: &str| {
+        format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{clusterIP: {vip}, ports: [{ports}]}}\n")
+    };
+    let eps = |name: &str, addrs: &[&str], ports: &str| {
+        let addrs: Vec<String> = addrs.iter().map(|a| format!("{{ip: {a}}}")).collect();
+        format!(
+            "---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}}}\n\
+             subsets: [{{addresses: [{}], ports: [{ports}]}}]\n",
+            addrs.join(", ")
+        )
+    };
+    let web = |ports: &str| svc("web", "10.96.0.1", ports);
+    let one = "{name: http, port: 80}";
+    let two = "{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}";
+    let steps = [
+        // a Service and its endpoints
+        web(one) + &eps("web", &["10.244.0.1", "10.244.0.2"], one),
+        // another Service
+        web(one) + &eps("web", &["10.244.0.1", "10.244.0.2"], one) + &svc("api", "10.96.0.2", one),
+        // a port added
+        web(two) + &eps("web", &["10.244.0.1", "10.244.0.2"], two) + &svc("api", "10.96.0.2", one),
+        // an endpoint added, an endpoint IP changed
+        web(two) + &eps("web", &["10.244.0.1", "10.244.0.3", "10.244.0.4"], two),
+        // emptied
+        web(two),
+        // refilled
+        web(two) + &eps("web", &["10.244.0.9"], two),
+        // removed
+        String::new(),
+    ];
+    let node = NodeFacts::default();
+    let ns = Netns::new("sequence");
+    let tables: Vec<Table> = steps.iter().map(|s| compiled(s, &node)).collect();
+    let mut expected = Vec::new();
+    for t in &tables {
+        ns.nft(&replace_script(t)).expect("step loads");
+        expected.push(kernel_state(&ns, t));
+    }
+    let name = tables[0].name.clone();
+    ns.nft(&format!("delete table inet {name}\n")).unwrap();
+    let states = ns.run(move || {
+        let mut engine = Engine::new();
+        let list = |name: &str| {
+            let out = std::process::Command::new("nft")
+                .args(["-j", "list", "table", "inet", name])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        tables
+            .into_iter()
+            .map(|t| {
+                engine.sync(t).expect("sync");
+                list(&name)
+            })
+            .collect::<Vec<_>>()
+    });
+    for (i, (state, want)) in states.iter().zip(expected).enumerate() {
+        assert_eq!(canonical_listing(state), want, "step {i}");
+    }
 }
