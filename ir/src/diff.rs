@@ -33,6 +33,7 @@ pub enum Op {
 pub struct Transaction {
     /// The table the commands act on (only its family and name are used).
     pub table: Table,
+    /// In the order the kernel must apply them.
     pub ops: Vec<Op>,
 }
 

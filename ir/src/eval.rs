@@ -13,9 +13,12 @@ use std::net::IpAddr;
 /// The first packet of a connection, as it enters the node (or leaves a local process).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
+    /// The client's address.
     pub saddr: IpAddr,
+    /// The address it connects to.
     pub daddr: IpAddr,
     pub proto: L4Proto,
+    /// The port it connects to.
     pub dport: u16,
     /// Sent by a process on the node itself (`fib saddr type local`, the output hook).
     pub from_node: bool,
@@ -39,6 +42,7 @@ pub enum Fate {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
     pub fate: Fate,
+    /// Probability of this outcome, 0 to 1.
     pub share: f64,
     /// Source address rewritten on the way out.
     pub masquerade: bool,

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 /// One nftables table and everything in it. svc-nft owns its tables whole.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Table {
+    /// `inet` for svc-nft's own tables (both IP families in one).
     pub family: Family,
+    /// The table's name, e.g. `svc-nft`.
     pub name: String,
     /// Lines printed as `#` comments above the table (not sent to the kernel): what the
     /// compiler chose not to program, and why.
@@ -38,7 +40,9 @@ pub enum ChainType {
 /// svc-nft only acts on traffic it owns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BaseChain {
+    /// `filter` or `nat`: what the chain may do.
     pub kind: ChainType,
+    /// Where in the packet path the kernel calls it.
     pub hook: Hook,
     /// Lower runs first; NAT destination rewriting runs at -100, source at 100.
     pub priority: i32,
@@ -47,14 +51,18 @@ pub struct BaseChain {
 /// A chain: a base chain (hooked) or a regular one (reached by jump/goto/vmap).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chain {
+    /// `Some` for a base chain, hooked into the packet path.
     pub base: Option<BaseChain>,
+    /// Evaluated in order.
     pub rules: Vec<Rule>,
 }
 
 /// A rule: statements evaluated in order, with an optional comment.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Rule {
+    /// Evaluated left to right; a failed match ends the rule.
     pub stmts: Vec<Stmt>,
+    /// Shown by `nft list`; for the reader only.
     pub comment: Option<String>,
 }
 
@@ -106,19 +114,24 @@ pub enum Data {
 pub struct Element {
     /// `None` for plain sets.
     pub data: Option<Data>,
+    /// Shown by `nft list` (which Service port an element belongs to).
     pub comment: Option<String>,
 }
 
 /// A named set, or a map when `data` is set (a verdict map when it maps to verdicts).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Set {
+    /// The type of the keys.
     pub key: TypeSpec,
     /// `None`: a set. `Some(None)`: a verdict map. `Some(Some(t))`: a data map to `t`.
     pub data: Option<Option<TypeSpec>>,
+    /// Interval, timeout, dynamic.
     pub flags: Vec<SetFlag>,
     /// Default lifetime of elements, in seconds (with [`SetFlag::Timeout`]).
     pub timeout: Option<u32>,
+    /// Shown by `nft list`.
     pub comment: Option<String>,
+    /// The elements by key, in key order (the rendering order).
     pub elements: BTreeMap<Key, Element>,
 }
 
