@@ -227,6 +227,27 @@ fn the_agent_follows_its_manifest_directory() {
     agent.write("broken.yaml", "kind: [");
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(answers(20, connect), both);
+    // An invalid object is skipped too, and fixing it heals it on the next sync.
+    let extra = |port: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: extra, namespace: t}}\n\
+             spec: {{clusterIP: 10.96.5.2, ports: [{{port: {port}}}]}}\n"
+        )
+    };
+    agent.write("broken.yaml", &extra("70000"));
+    std::thread::sleep(Duration::from_millis(400));
+    let extra_vip = "10.96.5.2:80".parse().unwrap();
+    assert_eq!(
+        tcp(c1, extra_vip, Duration::from_millis(300)),
+        Outcome::Timeout,
+        "not programmed"
+    );
+    assert_eq!(answers(20, connect), both);
+    agent.write("broken.yaml", &extra("80"));
+    eventually(
+        "the fixed Service is programmed (no endpoints: refused)",
+        || tcp(c1, extra_vip, Duration::from_millis(300)) == Outcome::Refused,
+    );
 
     // Drift: someone deletes the table; the periodic full sync puts it back.
     k.lab.node.nft("delete table inet svc-nft\n").unwrap();
