@@ -63,6 +63,10 @@ impl Agent {
                     // Retried on the next tick; the kernel still holds the last good rules.
                     Err(e) => tracing::error!(failures = engine.failures, "sync failed: {e}"),
                 }
+                // Compiling parses every manifest again; hand the memory that took back to the
+                // system instead of keeping the peak resident until the next sync.
+                // SAFETY: malloc_trim only releases free heap pages.
+                unsafe { libc::malloc_trim(0) };
             } else if last_full.elapsed() >= self.sync_period {
                 match engine.repair() {
                     Some(Ok(drift)) if drift.is_empty() => tracing::debug!("verified: no drift"),
