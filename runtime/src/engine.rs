@@ -2,10 +2,12 @@
 //! with the smallest transaction, atomically.
 //!
 //! - First sync (or after a failure): the whole table is replaced in one transaction, so there
-//!   is never a moment without rules, even when an earlier agent left a table behind.
-//! - Later syncs: `diff(applied, desired)`, one transaction. If the kernel refuses it, nothing
-//!   changed (nftables commits all or nothing): the failure is counted and a full replace
-//!   follows at once.
+//!   is never a moment without rules, even when an earlier agent left a table behind; the
+//!   session-affinity entries the old table learnt are carried into the new one.
+//! - Later syncs: `diff(applied, desired)`, one transaction: over the netlink socket when it
+//!   only changes elements, else through `nft -f -`. If the kernel refuses it, nothing changed
+//!   (nftables commits all or nothing): the failure is counted and a full replace follows.
+//!   After it, stale UDP conntrack entries are deleted.
 //! - `reconcile`: a full replace that reports how the kernel's copy differed before it — what
 //!   `svc-nft apply` changed, or drift such as a flushed chain, a deleted element or table.
 
@@ -33,7 +35,7 @@ pub enum Route {
 pub struct Synced {
     pub route: Route,
     pub changes: Changes,
-    /// Size of the script sent to nft.
+    /// Bytes sent: the nft script or the netlink batch.
     pub bytes: usize,
     pub took: Duration,
 }
