@@ -146,19 +146,17 @@ pub fn add(
 fn dnat(f: Ipf, proto: L4Proto, local: bool, n: usize) -> Vec<Rule> {
     let client = [f.saddr()].into_iter().chain(f.frontend_key());
     let dport = Expr::Payload(Payload::Dport(proto));
-    let remembered = f.has_affinity().then(|| {
-        rule(vec![Stmt::DnatMap {
-            family: f.nat_family(),
-            key: Expr::Concat(client.collect()),
-            map: f.name("affinity"),
-        }])
-    });
+    let remembered = rule(vec![Stmt::DnatMap {
+        family: f.nat_family(),
+        key: Expr::Concat(client.collect()),
+        map: f.name("affinity"),
+    }]);
     let random = rule(vec![Stmt::DnatMap {
         family: f.nat_family(),
         key: Expr::Concat(vec![f.daddr(), dport, Expr::NumgenRandom(n as u32)]),
         map: endpoints_map(f, proto, local),
     }]);
-    remembered.into_iter().chain([random]).collect()
+    vec![remembered, random]
 }
 
 fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> Chain {
@@ -225,7 +223,43 @@ fn remember(f: Ipf, proto: L4Proto, timeout: u32) -> Chain {
             Expr::Payload(Payload::Dport(proto)),
         ])),
     };
+    if !f.nft_can_record_affinity() {
+        return Chain::regular(vec![]); // the runtime adds the rule over netlink
+    }
     Chain::regular(vec![rule(vec![is_proto(proto), update])])
+}
+
+/// A chain that must record affinity but that nft cannot fill: the runtime adds
+/// `meta l4proto P update @set { saddr . original daddr . l4proto . original dport timeout
+/// T : daddr . dport }` to it over netlink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AffinityRecorder {
+    pub chain: String,
+    pub set: String,
+    pub proto: L4Proto,
+    /// Seconds.
+    pub timeout: u32,
+}
+
+/// The IPv6 affinity recorders of a table (see [`Ipf::nft_can_record_affinity`]).
+pub fn affinity_recorders(table: &Table) -> Vec<AffinityRecorder> {
+    let f = Ipf { v6: true };
+    let mut out = Vec::new();
+    for name in table.chains.keys() {
+        for proto in PROTOCOLS {
+            let prefix = f.name("remember") + &format!("-{proto}-");
+            let timeout = name.strip_prefix(&prefix).and_then(|t| t.strip_suffix('s'));
+            if let Some(timeout) = timeout.and_then(|t| t.parse().ok()) {
+                out.push(AffinityRecorder {
+                    chain: name.clone(),
+                    set: f.name("affinity"),
+                    proto,
+                    timeout,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Hooks and the chains that do not depend on the Services.
@@ -272,7 +306,7 @@ fn add_fixed_chains(table: &mut Table) {
             ])
             .with_comment("loadBalancerSourceRanges"),
         );
-        for proto in PROTOCOLS.into_iter().filter(|_| f.has_affinity()) {
+        for proto in PROTOCOLS {
             let original = Expr::Concat(vec![
                 f.original_daddr(),
                 Expr::Meta(MetaKey::L4Proto),

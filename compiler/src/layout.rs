@@ -129,11 +129,9 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
     for (name, set) in sets {
         table.sets.insert(f.name(name), set);
     }
-    if f.has_affinity() {
-        table.sets.insert(f.name("affinity"), affinity);
-        let ports = Set::verdict_map(TypeSpec::Type(frontend()));
-        table.sets.insert(f.name("affinity-ports"), ports);
-    }
+    table.sets.insert(f.name("affinity"), affinity);
+    let ports = Set::verdict_map(TypeSpec::Type(frontend()));
+    table.sets.insert(f.name("affinity-ports"), ports);
     for proto in PROTOCOLS {
         for local in [false, true] {
             // One map per protocol: nft 1.0.6 cannot add a rule using a map whose data is

@@ -15,7 +15,7 @@ mod model;
 mod node;
 mod services;
 
-pub use chains::MASQUERADE_MARK;
+pub use chains::{affinity_recorders, AffinityRecorder, MASQUERADE_MARK};
 pub use diagnostic::{Diagnostic, ObjectId, Origin};
 pub use layout::{udp_targets, UdpTargets};
 pub use manifest::{parse, Object, Resource};

@@ -93,8 +93,10 @@ pub fn expand(
                 }
                 external.extend(at(&node_ips, node_port));
             }
-            if info.affinity_timeout.is_some() && !Ipf::of(ip).has_affinity() {
-                notes.push(format!("{label} ({ip}): sessionAffinity not applied to IPv6 (nft 1.0.6 cannot compile it)"));
+            if info.affinity_timeout.is_some() && !Ipf::of(ip).nft_can_record_affinity() {
+                notes.push(format!(
+                    "{label} ({ip}): sessionAffinity is recorded by a rule svc-nft apply/run add over netlink (nft 1.0.6 cannot compile it)"
+                ));
             }
             let endpoints = choose(slices, v6, port, node);
             notes.extend(endpoint_notes(
@@ -118,7 +120,7 @@ pub fn expand(
                 endpoints,
                 internal_local: info.internal_local,
                 external_local: info.external_local,
-                affinity_timeout: info.affinity_timeout.filter(|_| Ipf::of(ip).has_affinity()),
+                affinity_timeout: info.affinity_timeout,
             });
         }
     }

@@ -16,8 +16,8 @@ use crate::kernel::{self, Changes, Inventory, NftError};
 use crate::netlink::{self, plain, ElementOp};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use svc_nft_compiler::udp_targets;
-use svc_nft_ir::{diff, replace_script, Data, Op, SetFlag, Stmt, Table, Transaction};
+use svc_nft_compiler::{affinity_recorders, udp_targets};
+use svc_nft_ir::{diff, replace_script, Data, Op, SetFlag, Stmt, Table, Transaction, Value};
 
 /// How a sync reached the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,15 @@ impl Engine {
         };
         match sent {
             Ok(bytes) => {
+                let created: BTreeSet<&str> = tx
+                    .ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::AddChain(name, _) => Some(name.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                self.install_recorders(&desired, |chain| created.contains(chain));
                 clear_stale_udp(&applied, &desired);
                 self.applied = Some(desired);
                 Ok(Synced {
@@ -133,6 +142,7 @@ impl Engine {
             ..Table::default()
         };
         let changes = count(&diff(&empty, &desired), &empty);
+        self.install_recorders(&desired, |_| true);
         self.applied = Some(desired);
         Ok(Synced {
             route: Route::Full,
@@ -144,7 +154,7 @@ impl Engine {
 }
 
 /// The session-affinity entries of the table now in the kernel, as commands that put them
-/// back after a full replace — only those pointing at endpoints `desired` still has. Empty
+/// back after a full replace — only those whose frontend still has their endpoint. Empty
 /// when `desired` records no affinity (no `update` statement).
 fn carried_affinity(desired: &Table) -> String {
     let stmts = desired
@@ -155,27 +165,36 @@ fn carried_affinity(desired: &Table) -> String {
     if !stmts.into_iter().any(|s| matches!(s, Stmt::Update { .. })) {
         return String::new();
     }
-    let live: BTreeSet<String> = desired
+    // (frontend address . port, endpoint address . port) of every endpoint map element,
+    // whose key is `frontend address . port . slot`.
+    let text = |values: &[Value]| {
+        let parts: Vec<String> = values.iter().map(ToString::to_string).collect();
+        parts.join(" . ")
+    };
+    let live: BTreeSet<(String, String)> = desired
         .sets
         .values()
-        .flat_map(|s| s.elements.values())
-        .filter_map(|e| match &e.data {
-            Some(Data::Values(v)) => Some(
-                v.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" . "),
-            ),
+        .flat_map(|s| &s.elements)
+        .filter_map(|(key, e)| match (key.as_slice(), &e.data) {
+            ([addr, port, Value::Int(_)], Some(Data::Values(to))) => {
+                Some((text(&[addr.clone(), port.clone()]), text(to)))
+            }
             _ => None,
         })
         .collect();
+    // An entry is `client . frontend address . proto . frontend port : endpoint`: keep it
+    // only while that frontend still has that endpoint.
+    let keep = |parts: &[String], data: &str| match parts {
+        [_, addr, _, port] => live.contains(&(format!("{addr} . {port}"), data.to_string())),
+        _ => false,
+    };
     let timed = desired
         .sets
         .iter()
         .filter(|(_, s)| s.flags.contains(&SetFlag::Timeout));
     timed
         .filter_map(|(name, _)| kernel::list_map(&desired.name, name))
-        .map(|listing| kernel::carried_elements(&listing, |data| live.contains(data)))
+        .map(|listing| kernel::carried_elements(&listing, keep))
         .collect()
 }
 
@@ -193,6 +212,27 @@ fn clear_stale_udp(before: &Table, after: &Table) {
 }
 
 impl Engine {
+    /// Add the rules that record IPv6 session affinity — which nft cannot compile — to those
+    /// of their chains that were just (re)created. Failing is logged: only stickiness is lost.
+    fn install_recorders(&mut self, desired: &Table, created: impl Fn(&str) -> bool) {
+        let recorders: Vec<_> = affinity_recorders(desired)
+            .into_iter()
+            .filter(|r| created(&r.chain))
+            .collect();
+        if recorders.is_empty() {
+            return;
+        }
+        let socket = match &mut self.socket {
+            Some(socket) => Ok(socket),
+            empty => netlink::Socket::open().map(|s| empty.insert(s)),
+        };
+        let added = socket.and_then(|s| s.add_affinity_recorders(&desired.name, &recorders));
+        if let Err(e) = added {
+            self.socket = None;
+            tracing::warn!("IPv6 session affinity is not recorded: {e}");
+        }
+    }
+
     /// Send element changes over the persistent netlink socket; returns the batch's size.
     fn send_elements(&mut self, table: &str, ops: &[ElementOp]) -> std::io::Result<usize> {
         let socket = match &mut self.socket {

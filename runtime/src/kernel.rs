@@ -82,8 +82,8 @@ fn filled_by_rules(set: &Value) -> bool {
 
 /// The elements rules added to the table's maps, as `add element` commands that put them
 /// back with the lifetime they have left — so that a table replaced at start-up keeps its
-/// clients' session affinity. Only entries whose data `keep` accepts are carried over.
-pub fn carried_elements(listing: &Value, keep: impl Fn(&str) -> bool) -> String {
+/// clients' session affinity. Only entries `keep(key parts, data)` accepts are carried over.
+pub fn carried_elements(listing: &Value, keep: impl Fn(&[String], &str) -> bool) -> String {
     let mut script = String::new();
     for item in items(listing) {
         let Some(set) = item.get("map").filter(|s| filled_by_rules(s)) else {
@@ -97,7 +97,11 @@ pub fn carried_elements(listing: &Value, keep: impl Fn(&str) -> bool) -> String 
             .flatten()
             .filter_map(|pair| {
                 let (key, data) = (&pair[0]["elem"], nft_text(&pair[1]));
-                let expires = key["expires"].as_u64().filter(|_| keep(&data))?;
+                let parts: Vec<String> = match &key["val"]["concat"] {
+                    Value::Array(parts) => parts.iter().map(nft_text).collect(),
+                    other => vec![nft_text(other)],
+                };
+                let expires = key["expires"].as_u64().filter(|_| keep(&parts, &data))?;
                 let timeout = key["timeout"].as_u64()?;
                 let key = nft_text(&key["val"]);
                 Some(format!(

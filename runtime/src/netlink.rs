@@ -382,3 +382,131 @@ pub fn plain(values: &[Value]) -> bool {
         )
     })
 }
+
+const NFT_MSG_NEWRULE: u16 = 6;
+const NLM_F_APPEND: u16 = 0x800;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+/// `NFT_REG_1`, and the 32-bit registers `NFT_REG32_00` + n.
+const REG_1: u32 = 1;
+const REG32: u32 = 8;
+
+impl Socket {
+    /// Append the rule that records IPv6 session affinity to its (empty) chain, in one
+    /// transaction per call. nft 1.0.6 cannot compile this rule; the kernel takes it.
+    pub fn add_affinity_recorders(
+        &mut self,
+        table: &str,
+        recorders: &[svc_nft_compiler::AffinityRecorder],
+    ) -> io::Result<()> {
+        let mut batch = Vec::new();
+        let begin = self.next_seq();
+        header(
+            &mut batch,
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            begin,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        let mut acked = Vec::new();
+        for rec in recorders {
+            let seq = self.next_seq();
+            let start = batch.len();
+            let flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK;
+            let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE;
+            header(&mut batch, kind, flags, seq, libc::NFPROTO_INET as u8, 0);
+            attr(&mut batch, NFTA_RULE_TABLE, &cstr(table));
+            attr(&mut batch, NFTA_RULE_CHAIN, &cstr(&rec.chain));
+            nested(&mut batch, NFTA_RULE_EXPRESSIONS, |b| {
+                affinity_v6_exprs(b, rec)
+            });
+            finish(&mut batch, start);
+            acked.push(seq);
+        }
+        let end = self.next_seq();
+        header(
+            &mut batch,
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            end,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        self.send(&batch)?;
+        self.wait_acks(&acked)
+    }
+}
+
+fn expr(buf: &mut Vec<u8>, name: &str, fill: impl FnOnce(&mut Vec<u8>)) {
+    nested(buf, NFTA_LIST_ELEM, |b| {
+        attr(b, NFTA_EXPR_NAME, &cstr(name));
+        nested(b, NFTA_EXPR_DATA, fill);
+    });
+}
+
+fn u32_attr(buf: &mut Vec<u8>, kind: u16, value: u32) {
+    attr(buf, kind, &value.to_be_bytes());
+}
+
+/// `[ meta load KEY => reg ]` then `[ cmp eq reg VALUE ]`.
+fn meta_equals(buf: &mut Vec<u8>, key: u32, value: u8) {
+    expr(buf, "meta", |b| {
+        u32_attr(b, 1, REG_1); // NFTA_META_DREG
+        u32_attr(b, 2, key); // NFTA_META_KEY
+    });
+    expr(buf, "cmp", |b| {
+        u32_attr(b, 1, REG_1); // NFTA_CMP_SREG
+        u32_attr(b, 2, 0); // NFTA_CMP_OP: NFT_CMP_EQ
+        nested(b, 3, |b| attr(b, NFTA_DATA_VALUE, &[value])); // NFTA_CMP_DATA
+    });
+}
+
+fn payload(buf: &mut Vec<u8>, dreg: u32, base: u32, offset: u32, len: u32) {
+    expr(buf, "payload", |b| {
+        u32_attr(b, 1, dreg); // NFTA_PAYLOAD_DREG
+        u32_attr(b, 2, base); // NFTA_PAYLOAD_BASE: 1 network, 2 transport header
+        u32_attr(b, 3, offset);
+        u32_attr(b, 4, len);
+    });
+}
+
+/// `[ ct load KEY => reg , dir original ]`.
+fn ct_original(buf: &mut Vec<u8>, dreg: u32, key: u32) {
+    expr(buf, "ct", |b| {
+        u32_attr(b, 1, dreg); // NFTA_CT_DREG
+        u32_attr(b, 2, key); // NFTA_CT_KEY
+        attr(b, 3, &[0]); // NFTA_CT_DIRECTION: IP_CT_DIR_ORIGINAL
+    });
+}
+
+/// `meta l4proto P update @set { ip6 saddr . ct original ip6 daddr . meta l4proto .
+/// ct original proto-dst timeout T : ip6 daddr . P dport }`, register by register as nft
+/// lays out its IPv4 twin: key in 32-bit registers 0–9, data in 10–14.
+fn affinity_v6_exprs(buf: &mut Vec<u8>, rec: &svc_nft_compiler::AffinityRecorder) {
+    const META_NFPROTO: u32 = 15;
+    const META_L4PROTO: u32 = 16;
+    const CT_PROTO_DST: u32 = 12;
+    const CT_DST_IP6: u32 = 22;
+    meta_equals(buf, META_L4PROTO, proto_number(rec.proto));
+    meta_equals(buf, META_NFPROTO, libc::NFPROTO_IPV6 as u8);
+    payload(buf, REG32, 1, 8, 16); // ip6 saddr
+    ct_original(buf, REG32 + 4, CT_DST_IP6);
+    expr(buf, "meta", |b| {
+        u32_attr(b, 1, REG32 + 8);
+        u32_attr(b, 2, META_L4PROTO);
+    });
+    ct_original(buf, REG32 + 9, CT_PROTO_DST);
+    payload(buf, REG32 + 10, 1, 24, 16); // ip6 daddr
+    payload(buf, REG32 + 14, 2, 2, 2); // destination port
+    expr(buf, "dynset", |b| {
+        attr(b, 1, &cstr(&rec.set)); // NFTA_DYNSET_SET_NAME
+        u32_attr(b, 3, 1); // NFTA_DYNSET_OP: NFT_DYNSET_OP_UPDATE
+        u32_attr(b, 4, REG32); // NFTA_DYNSET_SREG_KEY
+        u32_attr(b, 5, REG32 + 10); // NFTA_DYNSET_SREG_DATA
+        attr(b, 6, &(u64::from(rec.timeout) * 1000).to_be_bytes()); // NFTA_DYNSET_TIMEOUT, ms
+    });
+}

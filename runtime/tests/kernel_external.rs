@@ -269,8 +269,11 @@ fn session_affinity_pins_each_client() {
         return;
     }
     let mut k = Cluster::new(&manifests(), &flags());
-    // IPv4 only: nft 1.0.6 cannot compile the IPv6 affinity map update (see README).
-    for (client, vip) in [(k.c1, "10.96.1.12:80"), (k.x1, "10.96.1.12:80")] {
+    for (client, vip) in [
+        (k.c1, "10.96.1.12:80"),
+        (k.x1, "10.96.1.12:80"),
+        (k.c1, "[fd00:96::112]:80"),
+    ] {
         // Not `agrees`: explain shows a first connection's candidates, affinity pins later ones.
         let seen = answers(12, || tcp(k.ns(client), sock(vip), T));
         assert_eq!(

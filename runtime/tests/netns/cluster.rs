@@ -95,16 +95,21 @@ impl Cluster {
     }
 
     /// Compile the current manifests and load them, replacing the table in one transaction.
+    /// `svc-nft apply` the current manifests in the node namespace: one transaction, plus
+    /// what the runtime adds over netlink (the IPv6 affinity recorders).
     fn load(&self) {
-        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
-        let script = compile(&self.manifests, &flags);
-        self.lab
-            .node
-            .nft(&script)
-            .unwrap_or_else(|e| panic!("nft rejected the compiled ruleset: {e}\n{script}"));
+        let mut args = vec![
+            "netns",
+            "exec",
+            &self.lab.node.name,
+            env!("CARGO_BIN_EXE_svc-nft"),
+        ];
+        args.extend(["apply", "-f", "-"]);
+        args.extend(self.flags.iter().map(String::as_str));
+        run_program("ip", &args, &self.manifests);
     }
 
-    /// Change the manifests and load them, as `svc-nft compile | nft -f -` does.
+    /// Change the manifests and load them again.
     pub fn reload(&mut self, manifests: &str) {
         self.manifests = manifests.to_string();
         self.load();
@@ -194,16 +199,13 @@ impl Cluster {
     }
 }
 
-/// Run the real binary: `svc-nft compile -f - FLAGS` with the manifests on stdin.
-pub fn compile(manifests: &str, flags: &[&str]) -> String {
-    let mut args = vec!["compile", "-f", "-"];
-    args.extend(flags);
-    run(&args, manifests)
-}
-
 /// Run the real binary with `stdin`; it must succeed.
 fn run(args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_svc-nft"))
+    run_program(env!("CARGO_BIN_EXE_svc-nft"), args, stdin)
+}
+
+fn run_program(program: &str, args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
