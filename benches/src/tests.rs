@@ -90,7 +90,7 @@ fn every_feature_reaches_the_ruleset() {
     let kinds = [
         "internalTrafficPolicy Local, no endpoint on this node",
         "externalTrafficPolicy Local, no endpoint on this node",
-        "sessionAffinity not applied to IPv6",
+        "sessionAffinity is recorded by a rule svc-nft apply/run add over netlink",
     ];
     let notes = &compiled.table.notes;
     for note in notes {
