@@ -101,6 +101,24 @@ impl Socket {
     /// `inet`); the kernel applies all of them or none.
     /// Returns the size of the batch sent.
     pub fn apply(&mut self, table: &str, ops: &[ElementOp]) -> io::Result<usize> {
+        let mut messages = Vec::new();
+        for op in ops {
+            let (kind, flags) = match op {
+                ElementOp::Add(..) => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
+                ElementOp::Delete(..) => (NFT_MSG_DELSETELEM, 0),
+            };
+            messages.extend(
+                self::messages(table, op)
+                    .into_iter()
+                    .map(|m| (kind, flags, m)),
+            );
+        }
+        self.transaction(&messages)
+    }
+
+    /// Send nf_tables messages `(type, extra flags, payload)` between BATCH_BEGIN and
+    /// BATCH_END, each acknowledged; returns the size of the batch sent.
+    fn transaction(&mut self, messages: &[(u16, u16, Vec<u8>)]) -> io::Result<usize> {
         let mut batch = Vec::new();
         let begin = self.next_seq();
         header(
@@ -112,28 +130,15 @@ impl Socket {
             NFNL_SUBSYS_NFTABLES,
         );
         let mut acked = Vec::new();
-        for op in ops {
-            for message in messages(table, op) {
-                let seq = self.next_seq();
-                let (kind, flags) = match op {
-                    ElementOp::Add(..) => {
-                        (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
-                    }
-                    ElementOp::Delete(..) => (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK),
-                };
-                let start = batch.len();
-                header(
-                    &mut batch,
-                    (NFNL_SUBSYS_NFTABLES << 8) | kind,
-                    flags,
-                    seq,
-                    libc::NFPROTO_INET as u8,
-                    0,
-                );
-                batch.extend_from_slice(&message);
-                finish(&mut batch, start);
-                acked.push(seq);
-            }
+        for (kind, flags, payload) in messages {
+            let seq = self.next_seq();
+            let start = batch.len();
+            let kind = (NFNL_SUBSYS_NFTABLES << 8) | kind;
+            let flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+            header(&mut batch, kind, flags, seq, libc::NFPROTO_INET as u8, 0);
+            batch.extend_from_slice(payload);
+            finish(&mut batch, start);
+            acked.push(seq);
         }
         let end = self.next_seq();
         header(
@@ -402,42 +407,19 @@ impl Socket {
         table: &str,
         recorders: &[svc_nft_compiler::AffinityRecorder],
     ) -> io::Result<()> {
-        let mut batch = Vec::new();
-        let begin = self.next_seq();
-        header(
-            &mut batch,
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            begin,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-        );
-        let mut acked = Vec::new();
-        for rec in recorders {
-            let seq = self.next_seq();
-            let start = batch.len();
-            let flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK;
-            let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE;
-            header(&mut batch, kind, flags, seq, libc::NFPROTO_INET as u8, 0);
-            attr(&mut batch, NFTA_RULE_TABLE, &cstr(table));
-            attr(&mut batch, NFTA_RULE_CHAIN, &cstr(&rec.chain));
-            nested(&mut batch, NFTA_RULE_EXPRESSIONS, |b| {
-                affinity_v6_exprs(b, rec)
-            });
-            finish(&mut batch, start);
-            acked.push(seq);
-        }
-        let end = self.next_seq();
-        header(
-            &mut batch,
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            end,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-        );
-        self.send(&batch)?;
-        self.wait_acks(&acked)
+        let messages: Vec<_> = recorders
+            .iter()
+            .map(|rec| {
+                let mut msg = Vec::new();
+                attr(&mut msg, NFTA_RULE_TABLE, &cstr(table));
+                attr(&mut msg, NFTA_RULE_CHAIN, &cstr(&rec.chain));
+                nested(&mut msg, NFTA_RULE_EXPRESSIONS, |b| {
+                    affinity_v6_exprs(b, rec)
+                });
+                (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, msg)
+            })
+            .collect();
+        self.transaction(&messages).map(drop)
     }
 }
 
