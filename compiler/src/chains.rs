@@ -120,25 +120,17 @@ fn base(kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
     )
 }
 
-/// Add every chain: the fixed ones, the pick chains in use, the affinity recorders in use.
-pub fn add(
-    table: &mut Table,
-    node: &NodeFacts,
-    picks: &BTreeSet<(Ipf, L4Proto, Pick)>,
-    remembers: &BTreeSet<(Ipf, L4Proto, u32)>,
-) {
-    for &(f, proto, pick) in picks {
-        table
-            .chains
-            .insert(pick.name(f, proto), pick_chain(node, f, proto, pick));
-    }
-    for &(f, proto, timeout) in remembers {
-        let chain = remember(f, proto, timeout);
-        table
-            .chains
-            .insert(remember_chain(f, proto, timeout), chain);
-    }
-    add_fixed_chains(table);
+/// The chain a pick uses, with its name.
+pub fn pick(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> (String, Chain) {
+    (pick.name(f, proto), pick_chain(node, f, proto, pick))
+}
+
+/// The affinity recorder chain for `timeout` seconds, with its name.
+pub fn recorder(f: Ipf, proto: L4Proto, timeout: u32) -> (String, Chain) {
+    (
+        remember_chain(f, proto, timeout),
+        remember(f, proto, timeout),
+    )
 }
 
 /// DNAT to the recorded endpoint of a client with session affinity, if there is one, else to
@@ -262,8 +254,8 @@ pub fn affinity_recorders(table: &Table) -> Vec<AffinityRecorder> {
     out
 }
 
-/// Hooks and the chains that do not depend on the Services.
-fn add_fixed_chains(table: &mut Table) {
+/// Add the hooks and the chains that do not depend on the Services.
+pub fn add_fixed(table: &mut Table) {
     use ChainType::{Filter, Nat};
     let ct_new = || matches_value(Expr::Ct(CtKey::State), Value::CtState(CtState::New));
     let ct_dnat = || matches_value(Expr::Ct(CtKey::Status), Value::CtStatusDnat);

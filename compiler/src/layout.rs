@@ -63,31 +63,48 @@ pub fn endpoints_map(f: Ipf, proto: L4Proto, local: bool) -> String {
     f.name(base) + &format!("-{proto}")
 }
 
-/// Build the table for these Service ports on this node. `notes` become comments above it.
-pub fn build(node: &NodeFacts, ports: &[ServicePort], notes: Vec<String>) -> Table {
+/// What Service ports add to the table: elements, and the chains they jump to.
+#[derive(Debug, Default)]
+pub struct Contribution {
+    /// (set, key, element), in the order written.
+    pub elements: Vec<(String, Key, Element)>,
+    pub picks: BTreeSet<(Ipf, L4Proto, Pick)>,
+    /// (family, protocol, timeout) of the affinity recorders used.
+    pub remembers: BTreeSet<(Ipf, L4Proto, u32)>,
+}
+
+impl Contribution {
+    /// Everything `ports` add.
+    pub fn of(ports: &[ServicePort]) -> Contribution {
+        let mut out = Contribution::default();
+        for sp in ports {
+            let f = Ipf::of(&sp.cluster_ip.addr);
+            Elements {
+                out: &mut out,
+                f,
+                sp,
+            }
+            .add();
+            if let Some(timeout) = sp.affinity_timeout {
+                out.remembers.insert((f, sp.proto, timeout));
+            }
+        }
+        out
+    }
+}
+
+/// The table with no Service in it: every set and map (empty but the node's CIDRs) and the
+/// chains that do not depend on Services.
+pub fn skeleton(node: &NodeFacts) -> Table {
     let mut table = Table {
         family: Family::Inet,
         name: node.table.clone(),
-        notes,
         ..Table::default()
     };
     for f in FAMILIES {
         add_family_sets(&mut table, node, f);
     }
-    let mut picks: BTreeSet<(Ipf, L4Proto, Pick)> = BTreeSet::new();
-    let mut remembers = BTreeSet::new();
-    for sp in ports {
-        let mut out = Elements {
-            table: &mut table,
-            f: Ipf::of(&sp.cluster_ip.addr),
-            sp,
-        };
-        out.add(&mut picks);
-        if let Some(timeout) = sp.affinity_timeout {
-            remembers.insert((out.f, sp.proto, timeout));
-        }
-    }
-    chains::add(&mut table, node, &picks, &remembers);
+    chains::add_fixed(&mut table);
     table
 }
 
@@ -149,7 +166,7 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
 
 /// Writes the elements of one Service port.
 struct Elements<'a> {
-    table: &'a mut Table,
+    out: &'a mut Contribution,
     f: Ipf,
     sp: &'a ServicePort,
 }
@@ -157,12 +174,8 @@ struct Elements<'a> {
 impl Elements<'_> {
     fn insert(&mut self, set: &str, key: Key, data: Option<Data>, comment: bool) {
         let comment = comment.then(|| self.sp.label.clone());
-        let set = self
-            .table
-            .sets
-            .get_mut(set)
-            .expect("every set is created up front");
-        set.elements.insert(key, Element { data, comment });
+        let element = Element { data, comment };
+        self.out.elements.push((set.to_string(), key, element));
     }
 
     fn frontend_key(&self, fe: &Frontend) -> Key {
@@ -173,7 +186,7 @@ impl Elements<'_> {
         ]
     }
 
-    fn add(&mut self, picks: &mut BTreeSet<(Ipf, L4Proto, Pick)>) {
+    fn add(&mut self) {
         let (f, sp) = (self.f, self.sp);
         self.insert(
             &f.name("cluster-ips"),
@@ -201,7 +214,7 @@ impl Elements<'_> {
                 },
             })
         };
-        self.frontend(&sp.cluster_ip, internal, picks);
+        self.frontend(&sp.cluster_ip, internal);
         let external = if sp.external_local {
             Pick::ExternalLocal {
                 local: chosen.local.len(),
@@ -213,7 +226,7 @@ impl Elements<'_> {
             }
         };
         for fe in sp.external.iter().chain(&sp.load_balancers) {
-            self.frontend(fe, Some(external), picks);
+            self.frontend(fe, Some(external));
         }
         if !sp.allowed_sources.is_empty() {
             for fe in &sp.load_balancers {
@@ -235,18 +248,13 @@ impl Elements<'_> {
 
     /// Route one frontend: to a pick chain (filling the endpoint maps it reads), or, with no
     /// pick, DROP.
-    fn frontend(
-        &mut self,
-        fe: &Frontend,
-        pick: Option<Pick>,
-        picks: &mut BTreeSet<(Ipf, L4Proto, Pick)>,
-    ) {
+    fn frontend(&mut self, fe: &Frontend, pick: Option<Pick>) {
         let (f, sp) = (self.f, self.sp);
         let key = self.frontend_key(fe);
         let verdict = match pick {
             None => Verdict::Drop,
             Some(pick) => {
-                let chain = chains::register(picks, f, sp.proto, pick);
+                let chain = chains::register(&mut self.out.picks, f, sp.proto, pick);
                 let (cluster, local) = pick.maps();
                 if cluster {
                     self.backends(fe, false, &sp.endpoints.cluster);

@@ -9,6 +9,7 @@ mod chains;
 mod diagnostic;
 mod endpoints;
 mod family;
+mod incremental;
 mod layout;
 pub mod manifest;
 mod model;
@@ -17,11 +18,12 @@ mod services;
 
 pub use chains::{affinity_recorders, AffinityRecorder, MASQUERADE_MARK};
 pub use diagnostic::{Diagnostic, ObjectId, Origin};
+pub use incremental::{Delta, Incremental};
 pub use layout::{udp_targets, UdpTargets};
 pub use manifest::{parse, Object, Resource};
 pub use node::{NodeFacts, DEFAULT_TABLE};
 
-use model::{Invalid, ServiceInfo, ServiceName, SliceInfo};
+use model::{Invalid, ServiceInfo, ServiceName};
 use std::collections::BTreeMap;
 use svc_nft_ir::Table;
 
@@ -33,7 +35,7 @@ pub struct Compiled {
 }
 
 /// Label that tells the mirroring controller to leave an Endpoints object alone.
-const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
+pub(crate) const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
 
 /// Compile objects for a node.
 pub fn compile(objects: &[Object], node: &NodeFacts) -> Compiled {
@@ -73,7 +75,7 @@ pub fn compile(objects: &[Object], node: &NodeFacts) -> Compiled {
         }
     }
 
-    let mut slices: BTreeMap<ServiceName, Vec<SliceInfo>> = BTreeMap::new();
+    let mut state = Incremental::new(node);
     for obj in objects {
         let found = match &obj.resource {
             Resource::Service(_) => continue,
@@ -92,31 +94,16 @@ pub fn compile(objects: &[Object], node: &NodeFacts) -> Compiled {
             }
         });
         match found {
-            Ok(found) => {
-                for slice in found {
-                    slices.entry(slice.service.clone()).or_default().push(slice);
-                }
-            }
+            Ok(slices) => state.add_endpoints(obj, slices),
             Err(e) => reject(obj, e),
         }
     }
-
-    let mut notes = Vec::new();
-    let mut ports = Vec::new();
-    let mut claims = services::Claims::default();
-    let no_slices = Vec::new();
-    for (name, (info, obj)) in &services {
-        let service_slices = slices.get(name).unwrap_or(&no_slices);
-        match services::expand(name, info, service_slices, node, &mut claims) {
-            Ok(expanded) => {
-                ports.extend(expanded.ports);
-                notes.extend(expanded.notes);
-            }
-            Err(e) => reject(obj, e),
-        }
+    for (info, obj) in services.into_values() {
+        state.set_service(info, obj.origin.clone(), object_id(obj));
     }
+    diagnostics.extend(state.rebuild());
     Compiled {
-        table: layout::build(node, &ports, notes),
+        table: state.into_table(),
         diagnostics,
     }
 }
@@ -160,7 +147,7 @@ fn missing_service(obj: &Object, service: &ServiceName) -> Invalid {
     }
 }
 
-fn object_id(obj: &Object) -> ObjectId {
+pub(crate) fn object_id(obj: &Object) -> ObjectId {
     let (kind, meta) = match &obj.resource {
         Resource::Service(s) => ("Service", &s.metadata),
         Resource::EndpointSlice(s) => ("EndpointSlice", &s.metadata),

@@ -53,7 +53,7 @@ pub struct ServicePort {
 }
 
 /// A validated Service.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServiceInfo {
     pub shape: Shape,
     pub has_selector: bool,
@@ -73,9 +73,19 @@ pub struct ServiceInfo {
     pub affinity_timeout: Option<u32>,
 }
 
+impl ServiceInfo {
+    /// The cluster IPs it claims (none unless it has some allocated).
+    pub fn cluster_ips(&self) -> &[IpAddr] {
+        match &self.shape {
+            Shape::ClusterIps(ips) => ips,
+            _ => &[],
+        }
+    }
+}
+
 /// A validated set of endpoints of one address family: an EndpointSlice, or the mirror of one
 /// subset of v1 Endpoints.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SliceInfo {
     pub service: ServiceName,
     pub ports: Vec<Port>,
@@ -83,7 +93,7 @@ pub struct SliceInfo {
 }
 
 /// One endpoint, with the conditions and placement that decide who may use it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EndpointInfo {
     pub ip: IpAddr,
     pub ready: bool,

@@ -184,6 +184,28 @@ fn allowed_sources(info: &ServiceInfo, lb_ips: &[IpAddr], node: &NodeFacts) -> V
     ranges
 }
 
+impl Claims {
+    /// Give back what a Service claimed: its cluster IPs and its ports' frontends.
+    pub fn release(&mut self, ips: &[IpAddr], ports: &[ServicePort]) {
+        for ip in ips {
+            self.cluster_ips.remove(ip);
+        }
+        for key in frontend_keys(ports) {
+            self.frontends.remove(&key);
+        }
+    }
+}
+
+/// Every `address, protocol, port` at which `ports` are reached.
+fn frontend_keys(ports: &[ServicePort]) -> impl Iterator<Item = (IpAddr, L4Proto, u16)> + '_ {
+    ports.iter().flat_map(|sp| {
+        let all = std::iter::once(&sp.cluster_ip)
+            .chain(&sp.external)
+            .chain(&sp.load_balancers);
+        all.map(|f| (f.addr, sp.proto, f.port))
+    })
+}
+
 fn claim(
     shown: &str,
     ips: &[IpAddr],
@@ -199,13 +221,7 @@ fn claim(
             message: format!("{ip} is already the cluster IP of {owner}"),
         });
     }
-    let mut wanted = Vec::new();
-    for sp in ports {
-        let all = std::iter::once(&sp.cluster_ip)
-            .chain(&sp.external)
-            .chain(&sp.load_balancers);
-        wanted.extend(all.map(|f| (f.addr, sp.proto, f.port)));
-    }
+    let wanted: Vec<_> = frontend_keys(ports).collect();
     if let Some((key, owner)) = wanted
         .iter()
         .find_map(|k| claims.frontends.get(k).map(|o| (k, o)))

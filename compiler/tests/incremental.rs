@@ -1,11 +1,11 @@
 //! A change to one Service touches only that Service's elements: the transaction does not
 //! grow with the number of Services.
 
-use svc_nft_compiler::{compile, parse, NodeFacts};
+use svc_nft_compiler::{compile, parse, Incremental, NodeFacts, Object, Resource};
 use svc_nft_ir::{diff, Op};
 
 /// `n` Services with two endpoints each; Service `moved` has its second endpoint elsewhere.
-fn cluster(n: usize, moved: Option<usize>) -> svc_nft_ir::Table {
+fn cluster(n: usize, moved: Option<usize>) -> Vec<Object> {
     let text: Vec<String> = (0..n)
         .map(|i| {
             let (hi, lo) = (i / 250, i % 250 + 1);
@@ -20,12 +20,32 @@ fn cluster(n: usize, moved: Option<usize>) -> svc_nft_ir::Table {
         .collect();
     let (objects, errors) = parse("generated", &text.join("---\n"));
     assert!(errors.is_empty(), "{errors:?}");
-    compile(&objects, &NodeFacts::default()).table
+    objects
 }
 
-/// Elements added plus deleted, and whether anything but elements changed.
+/// Elements added plus deleted, and whether anything but elements changed: by the whole-table
+/// diff, and by the per-Service compiler (which must agree).
 fn size(n: usize) -> (usize, bool) {
-    let tx = diff(&cluster(n, None), &cluster(n, Some(n / 2)));
+    let node = NodeFacts::default();
+    let moved = cluster(n, Some(n / 2));
+    let tx = diff(
+        &compile(&cluster(n, None), &node).table,
+        &compile(&moved, &node).table,
+    );
+    let mut state = Incremental::new(&node);
+    for obj in cluster(n, None) {
+        state.upsert(&obj).unwrap();
+    }
+    state.flush();
+    let endpoints = moved
+        .iter()
+        .filter(|o| matches!(o.resource, Resource::Endpoints(_)));
+    for obj in endpoints.skip(n / 2).take(1) {
+        state.upsert(obj).unwrap();
+    }
+    let delta = state.flush();
+    assert_eq!(delta.recompiled, 1);
+    assert_eq!(delta.transaction.ops, tx.ops);
     let mut elements = 0;
     let mut structural = false;
     for op in &tx.ops {
@@ -44,4 +64,172 @@ fn one_endpoint_moving_costs_the_same_at_any_size() {
     assert_eq!(small, size(2000));
     // The slot's data element (delete + add) and the hairpin element (delete + add).
     assert_eq!(small, (4, false));
+}
+
+mod per_service {
+    //! [`Incremental`] through random sequences of object changes: after every flush its
+    //! table is the one `compile` gives for the same objects, and its transaction moves the
+    //! previous table there (applied to the in-memory fake kernel).
+
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use svc_nft_compiler::{compile, parse, Incremental, NodeFacts, Object};
+
+    /// A Service `s<i>` and its EndpointSlice, drawn from small pools so that Services clash
+    /// on cluster IPs and share endpoints.
+    #[derive(Clone, Debug)]
+    struct Spec {
+        cluster_ip: u8,
+        port: u16,
+        udp: bool,
+        node_port: bool,
+        local: bool,
+        affinity: bool,
+        /// (last byte of the endpoint address, on this node, ready)
+        endpoints: Vec<(u8, bool, bool)>,
+        /// Endpoints as v1 Endpoints instead of a slice (mirrored: no selector).
+        mirrored: bool,
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        let endpoint = (1..5u8, any::<bool>(), prop::bool::weighted(0.8));
+        (
+            (1..4u8, prop::sample::select(vec![80u16, 81]), any::<bool>()),
+            (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+            prop::collection::vec(endpoint, 0..4),
+        )
+            .prop_map(
+                |((cluster_ip, port, udp), (node_port, local, affinity, mirrored), endpoints)| {
+                    Spec {
+                        cluster_ip,
+                        port,
+                        udp,
+                        node_port,
+                        local,
+                        affinity,
+                        endpoints,
+                        mirrored,
+                    }
+                },
+            )
+    }
+
+    fn yaml(i: usize, s: &Spec) -> String {
+        let proto = if s.udp { "UDP" } else { "TCP" };
+        let kind = if s.node_port { "NodePort" } else { "ClusterIP" };
+        let node_port = if s.node_port {
+            format!(", nodePort: {}", 30000 + i)
+        } else {
+            String::new()
+        };
+        let etp = if s.node_port && s.local {
+            "externalTrafficPolicy: Local, "
+        } else {
+            ""
+        };
+        let affinity = if s.affinity {
+            "sessionAffinity: ClientIP, "
+        } else {
+            ""
+        };
+        let selector = if s.mirrored {
+            ""
+        } else {
+            "selector: {app: x}, "
+        };
+        let service = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\n\
+             spec: {{type: {kind}, {etp}{affinity}{selector}clusterIP: 10.96.0.{}, \
+             ports: [{{port: {}, protocol: {proto}{node_port}}}]}}\n",
+            s.cluster_ip, s.port
+        );
+        let node = |on: bool| if on { "node-a" } else { "node-b" };
+        let endpoints = if s.mirrored {
+            let addrs: Vec<String> = s
+                .endpoints
+                .iter()
+                .filter(|e| e.2)
+                .map(|e| format!("{{ip: 10.244.0.{}, nodeName: {}}}", e.0, node(e.1)))
+                .collect();
+            format!(
+                "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: s{i}, namespace: default}}\n\
+                 subsets: [{{addresses: [{}], ports: [{{port: 8080, protocol: {proto}}}]}}]\n",
+                addrs.join(", ")
+            )
+        } else {
+            let eps: Vec<String> = s
+                .endpoints
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{{addresses: [10.244.0.{}], nodeName: {}, conditions: {{ready: {}}}}}",
+                        e.0,
+                        node(e.1),
+                        e.2
+                    )
+                })
+                .collect();
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: s{i}-x, namespace: default, labels: {{kubernetes.io/service-name: s{i}}}}}\n\
+                 addressType: IPv4\nendpoints: [{}]\nports: [{{port: 8080, protocol: {proto}}}]\n",
+                eps.join(", ")
+            )
+        };
+        format!("{service}---\n{endpoints}")
+    }
+
+    fn objects(text: &str) -> Vec<Object> {
+        let (objects, errors) = parse("generated", text);
+        assert!(errors.is_empty(), "{errors:?}\n{text}");
+        objects
+    }
+
+    fn node() -> NodeFacts {
+        NodeFacts {
+            node_name: Some("node-a".into()),
+            node_ips: vec!["192.168.0.10".parse().unwrap()],
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..NodeFacts::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn flushes_match_a_full_compile(
+            steps in prop::collection::vec((0..5usize, prop::option::weighted(0.8, spec())), 1..30),
+            batch in 1..4usize,
+        ) {
+            let node = node();
+            let mut state = Incremental::new(&node);
+            let mut kernel = state.table().clone();
+            let mut current: BTreeMap<usize, Spec> = BTreeMap::new();
+            for chunk in steps.chunks(batch) {
+                for (i, spec) in chunk {
+                    if let Some(old) = current.remove(i) {
+                        let kind = if old.mirrored { "Endpoints" } else { "EndpointSlice" };
+                        let name = if old.mirrored { format!("s{i}") } else { format!("s{i}-x") };
+                        state.remove(kind, "default", &name);
+                        state.remove("Service", "default", &format!("s{i}"));
+                    }
+                    if let Some(spec) = spec {
+                        for obj in objects(&yaml(*i, spec)) {
+                            state.upsert(&obj).unwrap();
+                        }
+                        current.insert(*i, spec.clone());
+                    }
+                }
+                let delta = state.flush();
+                let all: String = current.iter().map(|(i, s)| yaml(*i, s) + "---\n").collect();
+                let expected = compile(&objects(&all), &node).table;
+                prop_assert_eq!(state.table(), &expected);
+                kernel.apply(&delta.transaction).map_err(|e| {
+                    TestCaseError::fail(format!("{e}\n{}", delta.transaction))
+                })?;
+                kernel.notes = expected.notes.clone();
+                prop_assert_eq!(&kernel, &expected);
+            }
+        }
+    }
 }

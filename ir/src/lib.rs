@@ -12,6 +12,7 @@
 mod diff;
 mod eval;
 mod expr;
+mod fake;
 mod render;
 mod table;
 
