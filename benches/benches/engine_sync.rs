@@ -1,7 +1,12 @@
-//! What one Service change costs the engine, end to end, at 1k/10k/100k Services × 3
-//! endpoints: one endpoint of one Service moves (same count, so only elements change). Timed:
-//! the IR diff alone, the engine's whole sync (diff + netlink batch + kernel commit), and for
-//! comparison the same change as an `nft -f -` process.
+//! What the engine's syncs cost, end to end, at 1k/10k/100k Services × 3 endpoints:
+//!
+//! - One Service change: one endpoint of one Service moves (same count, so only elements
+//!   change). Timed: the IR diff alone, the engine's whole sync (diff + netlink batch + kernel
+//!   commit), and for comparison the same change as an `nft -f -` process.
+//! - Cold full sync: `Engine::new().sync(table)` into a namespace without the table (the
+//!   engine's gated load: a skeleton through nft, the elements over netlink, one commit), side
+//!   by side with loading the same table whole with one `nft -f -` process. Median of 3 up to
+//!   10k Services, one run above.
 //!
 //! ```text
 //! sudo cargo bench -p svc-nft-benches --bench engine_sync
@@ -18,7 +23,7 @@ use svc_nft::engine::Engine;
 use svc_nft::kernel;
 use svc_nft_benches::{compile_clean, node_facts, Synthetic};
 use svc_nft_compiler::{Object, Resource};
-use svc_nft_ir::diff;
+use svc_nft_ir::{diff, replace_script, Table};
 
 /// The namespace this process runs in; deleted on drop.
 struct Namespace(String);
@@ -63,6 +68,56 @@ fn moved(objects: &[Object], i: usize) -> Vec<Object> {
     out
 }
 
+/// Delete the table, if this namespace has it: the next load is cold.
+fn delete_table(table: &Table) {
+    let id = format!("{} {}", table.family, table.name);
+    kernel::apply(&format!("table {id} {{}}\ndelete table {id}\n")).expect("delete the table");
+}
+
+/// One cold full sync by a new engine, and one `nft -f -` load of the same table, each into
+/// a namespace without the table; their times.
+fn cold_and_nft(table: &Table) -> (Duration, Duration) {
+    delete_table(table);
+    let target = table.clone();
+    let mut engine = Engine::new();
+    let t = Instant::now();
+    let synced = engine.sync(target).expect("cold full sync");
+    let cold = t.elapsed();
+    assert_eq!(synced.route, svc_nft::engine::Route::Full);
+    assert_eq!(engine.failures, 0, "the cold load fell back to nft");
+    drop(engine);
+    delete_table(table);
+    let script = replace_script(table);
+    let t = Instant::now();
+    kernel::apply(&script).expect("nft full load");
+    let nft = t.elapsed();
+    delete_table(table);
+    (cold, nft)
+}
+
+/// Cold full syncs against nft full loads, as a Markdown table.
+fn cold_full_sync(sizes: &[usize]) {
+    println!();
+    println!("| Services | set elements | cold full sync (engine) | full load via `nft -f -` | nft / engine |");
+    println!("|---:|---:|---:|---:|---:|");
+    for &n in sizes {
+        let gen = if std::env::var_os("TEMP_MIX").is_some() {
+            Synthetic::new(n, 3).mixed()
+        } else {
+            Synthetic::new(n, 3)
+        };
+        let table = compile_clean(&gen.objects(), &node_facts()).table;
+        let elements: usize = table.sets.values().map(|s| s.elements.len()).sum();
+        let repeats = if n <= 10_000 { 3 } else { 1 };
+        let (colds, nfts): (Vec<_>, Vec<_>) = (0..repeats).map(|_| cold_and_nft(&table)).unzip();
+        let (cold, nft) = (median(colds), median(nfts));
+        println!(
+            "| {n} | {elements} | {cold:.2?} | {nft:.2?} | {:.1}× |",
+            nft.as_secs_f64() / cold.as_secs_f64()
+        );
+    }
+}
+
 fn median(mut runs: Vec<Duration>) -> Duration {
     runs.sort();
     runs[runs.len() / 2]
@@ -82,7 +137,10 @@ fn main() {
         "| Services | IR diff | engine sync (diff + netlink commit) | same change via `nft -f -` |"
     );
     println!("|---:|---:|---:|---:|");
-    for n in sizes {
+    for &n in sizes
+        .iter()
+        .filter(|_| std::env::var_os("TEMP_COLD_ONLY").is_none())
+    {
         let node = node_facts();
         let objects = Synthetic::new(n, 3).objects();
         let a = compile_clean(&objects, &node).table;
@@ -114,4 +172,5 @@ fn main() {
             median(nfts)
         );
     }
+    cold_full_sync(&sizes);
 }

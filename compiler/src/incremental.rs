@@ -76,6 +76,19 @@ pub struct Incremental {
     udp_endpoints: HashMap<(IpAddr, u16), usize>,
     /// The names of the UDP endpoint maps.
     udp_maps: Vec<String>,
+    /// Services with a health-check NodePort, and the port.
+    health_ports: BTreeMap<ServiceName, u16>,
+    /// The node's facts changed: the next flush rebuilds the table.
+    node_changed: bool,
+}
+
+/// A Service's health-check NodePort and how many endpoints it has on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+    pub local_endpoints: usize,
 }
 
 /// What one [`Incremental::flush`] changed.
@@ -122,6 +135,8 @@ impl Incremental {
                 .iter()
                 .flat_map(|&f| [false, true].map(|local| endpoints_map(f, L4Proto::Udp, local)))
                 .collect(),
+            health_ports: BTreeMap::new(),
+            node_changed: false,
         }
     }
 
@@ -133,6 +148,36 @@ impl Incremental {
     /// Services known (valid ones).
     pub fn services(&self) -> usize {
         self.services.len()
+    }
+
+    /// The health-check NodePorts of the Services that have one, as of the last flush.
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        let local = |name: &ServiceName| {
+            let ports = self
+                .built
+                .get(name)
+                .map(|b| b.ports.as_slice())
+                .unwrap_or(&[]);
+            let counts = ports.iter().map(|p| p.endpoints.local.len());
+            counts.max().unwrap_or(0)
+        };
+        self.health_ports
+            .iter()
+            .map(|(name, &port)| HealthCheck {
+                namespace: name.0.clone(),
+                name: name.1.clone(),
+                port,
+                local_endpoints: local(name),
+            })
+            .collect()
+    }
+
+    /// Change the node's facts; the next flush rebuilds everything if they differ.
+    pub fn set_node(&mut self, node: &NodeFacts) {
+        if *node != self.node {
+            self.node = node.clone();
+            self.node_changed = true;
+        }
     }
 
     /// Add or replace an object. An invalid one is removed (as if deleted) and reported.
@@ -221,6 +266,10 @@ impl Incremental {
         if self.services.get(&name).is_some_and(|k| k.info == info) {
             return;
         }
+        match info.health_check_node_port {
+            Some(port) => self.health_ports.insert(name.clone(), port),
+            None => self.health_ports.remove(&name),
+        };
         self.services
             .insert(name.clone(), Known { info, origin, id });
         self.dirty.insert(name);
@@ -228,6 +277,7 @@ impl Incremental {
 
     fn remove_service(&mut self, name: &ServiceName) {
         if self.services.remove(name).is_some() {
+            self.health_ports.remove(name);
             self.dirty.insert(name.clone());
         }
     }
@@ -287,7 +337,7 @@ impl Incremental {
     pub fn flush(&mut self) -> Delta {
         // Many changes at once (the first flush above all): rebuilding is cheaper than
         // tracking every element.
-        if self.dirty.len() * 2 > self.built.len().max(1) * 3 {
+        if self.node_changed || self.dirty.len() * 2 > self.built.len().max(1) * 3 {
             let n = self.dirty.len();
             return self.rebuilt(n);
         }
@@ -428,6 +478,7 @@ impl Incremental {
         self.shared.clear();
         self.udp_endpoints.clear();
         self.dirty.clear();
+        self.node_changed = false;
         let names: Vec<ServiceName> = self.services.keys().cloned().collect();
         let mut diagnostics = Vec::new();
         for name in &names {

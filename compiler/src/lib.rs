@@ -18,7 +18,7 @@ mod services;
 
 pub use chains::{affinity_recorders, AffinityRecorder, MASQUERADE_MARK};
 pub use diagnostic::{Diagnostic, ObjectId, Origin};
-pub use incremental::{Delta, Incremental};
+pub use incremental::{Delta, HealthCheck, Incremental};
 pub use layout::{udp_targets, UdpTargets};
 pub use manifest::{parse, Object, Resource};
 pub use node::{NodeFacts, DEFAULT_TABLE};

@@ -71,6 +71,9 @@ pub struct ServiceInfo {
     pub internal_local: bool,
     /// `sessionAffinity: ClientIP`: how long a client stays with its endpoint, in seconds.
     pub affinity_timeout: Option<u32>,
+    /// `spec.healthCheckNodePort`: where load balancers ask whether this node has local
+    /// endpoints (`externalTrafficPolicy: Local` LoadBalancers).
+    pub health_check_node_port: Option<u16>,
 }
 
 impl ServiceInfo {
@@ -244,6 +247,11 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Invalid> {
         external_local: policy("spec.externalTrafficPolicy", &spec.external_traffic_policy)?,
         internal_local: policy("spec.internalTrafficPolicy", &spec.internal_traffic_policy)?,
         affinity_timeout,
+        health_check_node_port: match spec.health_check_node_port {
+            None | Some(0) => None,
+            Some(p @ 1..=65535) => Some(p as u16),
+            Some(p) => return invalid("spec.healthCheckNodePort", format!("{p} is not a port")),
+        },
     })
 }
 

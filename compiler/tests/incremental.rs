@@ -233,3 +233,28 @@ mod per_service {
         }
     }
 }
+
+#[test]
+fn health_check_node_ports_count_local_endpoints() {
+    let node = NodeFacts {
+        node_name: Some("node-a".into()),
+        ..NodeFacts::default()
+    };
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: lb, namespace: t}\n\
+                spec: {type: LoadBalancer, externalTrafficPolicy: Local, healthCheckNodePort: 30100, \
+                clusterIP: 10.96.5.9, ports: [{port: 80, nodePort: 30080}]}\n---\n\
+                apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                metadata: {name: lb-x, namespace: t, labels: {kubernetes.io/service-name: lb}}\n\
+                addressType: IPv4\nports: [{port: 8080}]\n\
+                endpoints: [{addresses: [10.244.1.2], nodeName: node-a}, {addresses: [10.244.2.2], nodeName: node-b}]\n";
+    let (objects, errors) = parse("lb", text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut state = Incremental::new(&node);
+    for obj in &objects {
+        state.upsert(obj).unwrap();
+    }
+    state.flush();
+    let checks = state.health_checks();
+    assert_eq!(checks.len(), 1);
+    assert_eq!((checks[0].port, checks[0].local_endpoints), (30100, 1));
+}

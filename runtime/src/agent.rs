@@ -1,83 +1,125 @@
-//! `svc-nft run --manifests DIR`: the agent on a local manifest directory. It watches DIR,
-//! recompiles when its files change (at most once per `--min-sync-period`, so bursts of
-//! writes coalesce), applies the difference, and every `--sync-period` replaces the table
-//! whole to repair drift. Stopping it leaves the rules in place for the next agent.
+//! `svc-nft run`: the agent. Updates come from a manifest directory (`--manifests`) or from
+//! the API server; one sync thread applies them (see [`crate::syncer`]); the health and
+//! metrics servers and the health-check NodePorts run on a small tokio runtime. SIGTERM stops
+//! it and leaves the rules in place, for the next agent to take over without a gap.
 
-use crate::cli::compile_paths;
-use crate::engine::{Engine, Route};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use crate::health::{serve_health, serve_metrics, ProxyHealth, ServiceHealth};
+use crate::metrics::Metrics;
+use crate::syncer::{run_loop, Observers, Source, Syncer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 use svc_nft_compiler::NodeFacts;
 
+/// Where the agent reads Services and endpoints.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Manifests(PathBuf),
+    /// The API server: a kubeconfig file, or in-cluster config / `$KUBECONFIG` when `None`.
+    ApiServer(Option<PathBuf>),
+}
+
+#[derive(Debug, Clone)]
 pub struct Agent {
-    pub manifests: PathBuf,
+    pub input: Input,
     pub node: NodeFacts,
     pub min_sync_period: Duration,
     pub sync_period: Duration,
-}
-
-/// What the directory looks like: file names, sizes and modification times. Any create,
-/// write, delete or rename changes it.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            Some((e.path(), meta.len(), meta.modified().ok()))
-        })
-        .collect();
-    files.sort();
-    files
+    pub healthz: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Agent {
-    /// Run until killed.
-    pub fn run(&self) -> ! {
-        let mut engine = Engine::new();
-        let mut seen = None;
-        let mut last_full = Instant::now();
-        loop {
-            let now = fingerprint(&self.manifests);
-            if seen.as_ref() != Some(&now) {
-                let (compiled, _) = compile_paths(
-                    std::slice::from_ref(&self.manifests),
-                    &self.node,
-                    &mut std::io::stderr(),
-                );
-                match engine.sync(compiled.table) {
-                    Ok(s) => {
-                        tracing::info!(
-                            route = ?s.route,
-                            bytes = s.bytes,
-                            took_ms = s.took.as_secs_f64() * 1e3,
-                            "synced: {}",
-                            s.changes
-                        );
-                        seen = Some(now);
-                        if s.route == Route::Full {
-                            last_full = Instant::now();
-                        }
-                    }
-                    // Retried on the next tick; the kernel still holds the last good rules.
-                    Err(e) => tracing::error!(failures = engine.failures, "sync failed: {e}"),
-                }
-                // Compiling parses every manifest again; hand the memory that took back to the
-                // system instead of keeping the peak resident until the next sync.
-                // SAFETY: malloc_trim only releases free heap pages.
-                unsafe { libc::malloc_trim(0) };
-            } else if last_full.elapsed() >= self.sync_period {
-                match engine.repair() {
-                    Some(Ok(drift)) if drift.is_empty() => tracing::debug!("verified: no drift"),
-                    Some(Ok(drift)) => tracing::warn!("repaired drift: {drift}"),
-                    Some(Err(e)) => tracing::error!("repair failed: {e}"),
-                    None => {}
-                }
-                last_full = Instant::now();
+    /// Run until SIGTERM or SIGINT.
+    pub fn run(self) -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        // kube-proxy's health timeout: twice the sync period.
+        let health = Arc::new(ProxyHealth::new(self.sync_period * 2));
+        let observers = Observers {
+            metrics: Arc::new(Metrics::new()),
+            service_health: Some(Arc::new(ServiceHealth::new(vec![], health.clone()))),
+            health,
+        };
+        runtime.block_on(self.serve(&observers))?;
+        let (tx, updates) = mpsc::channel();
+        let lists: &'static [&'static str] = match &self.input {
+            Input::Manifests(dir) => {
+                let (dir, every) = (dir.clone(), self.min_sync_period);
+                std::thread::spawn(move || crate::manifests::watch(dir, every, tx));
+                &["manifests"]
             }
-            std::thread::sleep(self.min_sync_period);
+            Input::ApiServer(kubeconfig) => {
+                let client = runtime.block_on(client(kubeconfig.as_ref()))?;
+                let watch = crate::cluster::watch::run(
+                    client,
+                    self.node.clone(),
+                    observers.health.clone(),
+                    tx,
+                );
+                runtime.spawn(watch);
+                &["Service", "EndpointSlice", "Node"]
+            }
+        };
+        let syncer = Syncer::new(&self.node, self.sync_period, observers);
+        let handle = runtime.handle().clone();
+        let min_sync_period = self.min_sync_period;
+        std::thread::spawn(move || {
+            // The health-check NodePorts are served by tasks on the runtime.
+            let _runtime = handle.enter();
+            run_loop(syncer, Source { updates, lists }, min_sync_period)
+        });
+        runtime.block_on(stopped());
+        tracing::info!("stopping; the rules stay in place for the next agent");
+        Ok(())
+    }
+
+    /// Start the health and metrics servers (an address that cannot be bound is an error).
+    async fn serve(&self, observers: &Observers) -> Result<(), String> {
+        let bind = |addr: SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))
+        };
+        if let Some(addr) = self.healthz {
+            let listener = bind(addr).await?;
+            tokio::spawn(serve_health(listener, observers.health.clone()));
         }
+        if let Some(addr) = self.metrics {
+            let listener = bind(addr).await?;
+            tokio::spawn(serve_metrics(listener, observers.metrics.clone()));
+        }
+        Ok(())
+    }
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let options = kube::config::KubeConfigOptions::default();
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no API server configuration: {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("API client: {e}"))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stopped() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `svc-nft` command line. Commands write to the writers they are given and return the
 //! exit status, so tests drive them exactly as the binary does.
 
-use crate::agent::{parse_duration, Agent};
+use crate::config::RunArgs;
 use crate::engine::Engine;
 use crate::explain::{report, Format, Origin, Proto, Query};
 use crate::input;
@@ -11,7 +11,6 @@ use ipnet::IpNet;
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 use svc_nft_compiler::{compile, Compiled, NodeFacts, DEFAULT_TABLE};
 use svc_nft_ir::replace_script;
 
@@ -55,21 +54,10 @@ pub enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
-    /// Keep this node's kernel in sync with a manifest directory: recompile when its files
-    /// change, apply the difference; runs until killed, leaving the rules in place.
-    Run {
-        /// The directory to watch.
-        #[arg(long)]
-        manifests: PathBuf,
-        /// Shortest time between two syncs: changes within it are applied together.
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        min_sync_period: Duration,
-        /// How often to replace the table whole, repairing any drift.
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
-        sync_period: Duration,
-        #[command(flatten)]
-        node: NodeArgs,
-    },
+    /// Keep this node's kernel in sync with the API server (or, with --manifests, a manifest
+    /// directory): recompile the Services that change, apply the difference; serve health and
+    /// metrics. SIGTERM stops it and leaves the rules in place.
+    Run(RunArgs),
     /// Remove svc-nft's table from this network namespace, and nothing else.
     Cleanup {
         /// nftables table svc-nft owns (family inet).
@@ -108,7 +96,7 @@ pub struct NodeArgs {
     #[arg(long, default_value = DEFAULT_TABLE)]
     pub table: String,
     /// This node's name, as in endpoints' nodeName.
-    #[arg(long)]
+    #[arg(long, alias = "hostname-override")]
     pub node_name: Option<String>,
     /// This node's IP addresses (v4 and/or v6).
     #[arg(long = "node-ip", value_delimiter = ',')]
@@ -209,7 +197,7 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
         Command::Apply { paths, node } => {
             let (compiled, clean) = compile_paths(paths, &node.facts(), err);
             let name = compiled.table.name.clone();
-            match Engine::new().reconcile(compiled.table) {
+            match Engine::new().reconcile(&compiled.table) {
                 Ok(changes) => writeln!(out, "applied table inet {name}: {changes}")?,
                 Err(e) => {
                     writeln!(err, "error: {e}")?;
@@ -218,20 +206,13 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
             }
             Ok(if clean { 0 } else { 1 })
         }
-        Command::Run {
-            manifests,
-            min_sync_period,
-            sync_period,
-            node,
-        } => {
-            let agent = Agent {
-                manifests: manifests.clone(),
-                node: node.facts(),
-                min_sync_period: *min_sync_period,
-                sync_period: *sync_period,
-            };
-            agent.run()
-        }
+        Command::Run(args) => match args.agent().and_then(|agent| agent.run()) {
+            Ok(()) => Ok(0),
+            Err(e) => {
+                writeln!(err, "error: {e}")?;
+                Ok(2)
+            }
+        },
         Command::Cleanup { table } => {
             // Declaring the table first makes the delete succeed whether or not it exists.
             let script = format!("table inet {table} {{}}\ndelete table inet {table}\n");

@@ -1,13 +1,16 @@
-//! The apply engine: keeps the last applied IR and moves the kernel to each new desired IR
-//! with the smallest transaction, atomically.
+//! The apply engine: moves the kernel to each new desired IR with the smallest
+//! transaction, atomically.
 //!
 //! - First sync (or after a failure): the whole table is replaced in one transaction, so there
 //!   is never a moment without rules, even when an earlier agent left a table behind; the
-//!   session-affinity entries the old table learnt are carried into the new one.
-//! - Later syncs: `diff(applied, desired)`, one transaction: over the netlink socket when it
-//!   only changes elements, else through `nft -f -`. If the kernel refuses it, nothing changed
-//!   (nftables commits all or nothing): the failure is counted and a full replace follows.
-//!   After it, stale UDP conntrack entries are deleted.
+//!   session-affinity entries the old table learnt are carried into the new one. A table not
+//!   in the kernel yet is loaded cold (module `cold`).
+//! - Later syncs: a transaction from the previous table — the per-Service compiler's
+//!   [`Delta`] ([`Engine::sync_delta`]), or `diff(applied, desired)` ([`Engine::sync`], which
+//!   keeps a copy of the applied table) — over the netlink socket when it only changes
+//!   elements, else through `nft -f -`. If the kernel refuses it, nothing changed (nftables
+//!   commits all or nothing): the failure is counted and a full replace follows. After it,
+//!   stale UDP conntrack entries are deleted.
 //! - `reconcile`: a full replace that reports how the kernel's copy differed before it — what
 //!   `svc-nft apply` changed, or drift such as a flushed chain, a deleted element or table.
 
@@ -16,13 +19,13 @@ use crate::kernel::{self, Changes, Inventory, NftError};
 use crate::netlink::{self, plain, ElementOp};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use svc_nft_compiler::{affinity_recorders, udp_targets};
+use svc_nft_compiler::{affinity_recorders, udp_targets, Delta, UdpTargets};
 use svc_nft_ir::{diff, replace_script, Data, Op, SetFlag, Stmt, Table, Transaction, Value};
 
 /// How a sync reached the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// The whole table replaced, through `nft -f -`.
+    /// The whole table replaced.
     Full,
     /// Element changes only, over the netlink socket.
     Netlink,
@@ -38,11 +41,16 @@ pub struct Synced {
     /// Bytes sent: the nft script or the netlink batch.
     pub bytes: usize,
     pub took: Duration,
+    /// Stale UDP conntrack entries deleted after it.
+    pub conntrack_deleted: u64,
 }
 
 #[derive(Default)]
 pub struct Engine {
+    /// The last table [`Engine::sync`] applied (not kept by [`Engine::sync_delta`]).
     applied: Option<Table>,
+    /// Whether the kernel holds the last table synced, so a transaction from it applies.
+    in_sync: bool,
     /// The netlink socket of the fast path, opened on first use.
     socket: Option<netlink::Socket>,
     /// Transactions the kernel refused.
@@ -54,19 +62,54 @@ impl Engine {
         Engine::default()
     }
 
-    /// Bring the kernel to `desired` (kept as the applied table: no copy on this path).
+    /// Bring the kernel to `desired`, diffing it against the table this engine applied last
+    /// (kept: no copy on this path).
     pub fn sync(&mut self, desired: Table) -> Result<Synced, NftError> {
         let start = Instant::now();
-        let Some(applied) = self.applied.take() else {
-            return self.replace(desired, start);
+        let synced = match self.applied.take() {
+            Some(applied) if self.in_sync => {
+                let tx = diff(&applied, &desired);
+                let (old, new) = (udp_targets(&applied), udp_targets(&desired));
+                let stale = UdpTargets {
+                    frontends: new.frontends.difference(&old.frontends).copied().collect(),
+                    endpoints: old.endpoints.difference(&new.endpoints).copied().collect(),
+                };
+                self.commit(&desired, &tx, &stale, start)
+            }
+            _ => self.replace(&desired, start),
         };
-        let tx = diff(&applied, &desired);
-        let changes = count(&tx, &applied);
-        let (route, sent) = match element_ops(&tx, &desired) {
+        if synced.is_ok() {
+            self.applied = Some(desired);
+        }
+        synced
+    }
+
+    /// Bring the kernel to `desired` by `delta`, the per-Service compiler's transaction from
+    /// the table synced before (or replace it whole, on the first sync or after a failure).
+    pub fn sync_delta(&mut self, desired: &Table, delta: &Delta) -> Result<Synced, NftError> {
+        let start = Instant::now();
+        self.applied = None;
+        if !self.in_sync {
+            return self.replace(desired, start);
+        }
+        self.commit(desired, &delta.transaction, &delta.udp, start)
+    }
+
+    /// Apply `tx`, which moves the kernel from the table synced before to `desired`.
+    fn commit(
+        &mut self,
+        desired: &Table,
+        tx: &Transaction,
+        stale: &UdpTargets,
+        start: Instant,
+    ) -> Result<Synced, NftError> {
+        let changes = count(tx);
+        let (route, sent) = match element_ops(tx, desired) {
             Some(ops) => {
                 let sent = self.send_elements(&desired.name, &ops);
                 (Route::Netlink, sent.map_err(|e| e.to_string()))
             }
+            None if tx.is_empty() => (Route::Netlink, Ok(0)),
             None => {
                 let script = tx.to_string();
                 let sent = kernel::apply(&script).map(|()| script.len());
@@ -83,14 +126,13 @@ impl Engine {
                         _ => None,
                     })
                     .collect();
-                self.install_recorders(&desired, |chain| created.contains(chain));
-                clear_stale_udp(&applied, &desired);
-                self.applied = Some(desired);
+                self.install_recorders(desired, |chain| created.contains(chain));
                 Ok(Synced {
                     route,
                     changes,
                     bytes,
                     took: start.elapsed(),
+                    conntrack_deleted: clear_stale_udp(stale),
                 })
             }
             Err(e) => {
@@ -98,6 +140,7 @@ impl Engine {
                 // replace, with a fresh socket.
                 self.failures += 1;
                 self.socket = None;
+                self.in_sync = false;
                 tracing::warn!(error = %e, "incremental sync refused by the kernel; replacing the table");
                 self.replace(desired, start)
             }
@@ -106,7 +149,7 @@ impl Engine {
 
     /// Replace the table whole with `desired`, and report how the kernel's copy differed
     /// (excluding the elements rules add, such as affinity entries).
-    pub fn reconcile(&mut self, desired: Table) -> Result<Changes, NftError> {
+    pub fn reconcile(&mut self, desired: &Table) -> Result<Changes, NftError> {
         let name = desired.name.clone();
         let before = kernel::list_table(&name)?;
         self.replace(desired, Instant::now())?;
@@ -117,38 +160,57 @@ impl Engine {
         Ok(inventory(&before).changes(&inventory(&after)))
     }
 
-    /// `reconcile` to the applied table: repairs drift. `None` before the first good sync.
-    pub fn repair(&mut self) -> Option<Result<Changes, NftError>> {
-        let applied = self.applied.take()?;
-        Some(self.reconcile(applied))
-    }
-
-    fn replace(&mut self, desired: Table, start: Instant) -> Result<Synced, NftError> {
-        let mut script = replace_script(&desired);
-        let carried = carried_affinity(&desired);
-        // In the same transaction: clients keep their endpoints across the replace.
-        let with_carried = script.clone() + &carried;
-        if carried.is_empty() || kernel::apply(&with_carried).is_err() {
-            if let Err(e) = kernel::apply(&script) {
-                self.failures += 1;
-                return Err(e);
-            }
-        } else {
-            script = with_carried;
-        }
-        let empty = Table {
-            family: desired.family,
-            name: desired.name.clone(),
-            ..Table::default()
+    fn replace(&mut self, desired: &Table, start: Instant) -> Result<Synced, NftError> {
+        self.in_sync = false;
+        // A table not in the kernel yet is loaded cold (see `crate::cold`): nft only for its
+        // skeleton, the elements over netlink. One in the kernel is replaced through nft.
+        let socket = match &mut self.socket {
+            Some(socket) => Ok(socket),
+            empty => netlink::Socket::open().map(|s| empty.insert(s)),
         };
-        let changes = count(&diff(&empty, &desired), &empty);
-        self.install_recorders(&desired, |_| true);
-        self.applied = Some(desired);
+        let cold = match socket {
+            Ok(socket) => crate::cold::load(socket, desired),
+            Err(e) => {
+                tracing::warn!("no netlink socket for a cold load: {e}");
+                Ok(None)
+            }
+        };
+        let bytes = match cold {
+            Ok(Some(loaded)) => loaded.bytes,
+            cold => {
+                if let Err(e) = cold {
+                    // Nothing of it is left in the kernel: nft loads the table instead.
+                    self.failures += 1;
+                    self.socket = None;
+                    tracing::warn!(error = %e, "cold load refused; loading the table through nft");
+                }
+                let script = replace_script(desired);
+                let carried = carried_affinity(desired);
+                // In the same transaction: clients keep their endpoints across the replace.
+                let with_carried = script.clone() + &carried;
+                if !carried.is_empty() && kernel::apply(&with_carried).is_ok() {
+                    with_carried.len()
+                } else if let Err(e) = kernel::apply(&script) {
+                    self.failures += 1;
+                    return Err(e);
+                } else {
+                    script.len()
+                }
+            }
+        };
+        self.install_recorders(desired, |_| true);
+        self.in_sync = true;
         Ok(Synced {
             route: Route::Full,
-            changes,
-            bytes: script.len(),
+            changes: Changes {
+                elements_added: desired.sets.values().map(|s| s.elements.len()).sum(),
+                chains_added: desired.chains.len(),
+                rules_added: desired.chains.values().map(|c| c.rules.len()).sum(),
+                ..Changes::default()
+            },
+            bytes,
             took: start.elapsed(),
+            conntrack_deleted: 0,
         })
     }
 }
@@ -199,15 +261,22 @@ fn carried_affinity(desired: &Table) -> String {
 }
 
 /// Delete the conntrack entries a change of UDP endpoints leaves stale (see
-/// [`crate::conntrack`]). Failing to is logged, not fatal: the rules are already right.
-fn clear_stale_udp(before: &Table, after: &Table) {
-    let (old, new) = (udp_targets(before), udp_targets(after));
-    let gone = old.endpoints.difference(&new.endpoints).copied().collect();
-    let fresh = new.frontends.difference(&old.frontends).copied().collect();
-    match conntrack::clear_udp(&gone, &fresh) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("deleted {n} stale UDP conntrack entries"),
-        Err(e) => tracing::warn!("could not delete stale UDP conntrack entries: {e}"),
+/// [`crate::conntrack`]); returns how many. Failing to is logged, not fatal: the rules are
+/// already right.
+fn clear_stale_udp(stale: &UdpTargets) -> u64 {
+    if stale.endpoints.is_empty() && stale.frontends.is_empty() {
+        return 0;
+    }
+    match conntrack::clear_udp(&stale.endpoints, &stale.frontends) {
+        Ok(0) => 0,
+        Ok(n) => {
+            tracing::info!("deleted {n} stale UDP conntrack entries");
+            n as u64
+        }
+        Err(e) => {
+            tracing::warn!("could not delete stale UDP conntrack entries: {e}");
+            0
+        }
     }
 }
 
@@ -275,18 +344,17 @@ fn plain_data(e: &svc_nft_ir::Element) -> bool {
     }
 }
 
-/// What a transaction applied to `before` adds and removes.
-fn count(tx: &Transaction, before: &Table) -> Changes {
+/// What a transaction adds and removes. The rules of a chain deleted whole count with it.
+fn count(tx: &Transaction) -> Changes {
     let mut c = Changes::default();
     for op in &tx.ops {
         match op {
-            Op::FlushChain(name) => c.rules_removed += before.chains[name].rules.len(),
             Op::AddElements(_, elems) => c.elements_added += elems.len(),
             Op::DeleteElements(_, keys) => c.elements_removed += keys.len(),
             Op::AddChain(..) => c.chains_added += 1,
             Op::DeleteChain(..) => c.chains_removed += 1,
             Op::AddRule(..) => c.rules_added += 1,
-            Op::AddTable | Op::AddSet(..) | Op::DeleteSet(..) => {}
+            Op::FlushChain(..) | Op::AddTable | Op::AddSet(..) | Op::DeleteSet(..) => {}
         }
     }
     c

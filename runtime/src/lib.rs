@@ -4,9 +4,16 @@
 
 mod agent;
 pub mod cli;
+pub mod cluster;
+mod cold;
+pub mod config;
 mod conntrack;
 pub mod engine;
 mod explain;
+pub mod health;
 pub mod input;
 pub mod kernel;
+mod manifests;
+pub mod metrics;
 mod netlink;
+pub mod syncer;

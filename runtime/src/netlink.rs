@@ -6,13 +6,17 @@
 //! sets and maps, with value or verdict data and comments. Everything else (chains, rules,
 //! interval sets) goes through `nft -f -`. Pure Rust over libc: no libnftnl (GPL) linked.
 
+use std::collections::BTreeMap;
 use std::io;
+use std::time::{Duration, Instant};
 use svc_nft_ir::{Data, Element, Key, L4Proto, Value, Verdict};
 
 const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
@@ -22,6 +26,13 @@ const NLM_F_CREATE: u16 = 0x400;
 pub(crate) const NLMSG_ERROR: u16 = 2;
 pub(crate) const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_CAP_ACK: libc::c_int = 10;
+/// The socket buffers asked for at first (the kernel doubles them); a larger batch raises the
+/// send buffer to its own size.
+const BUFFER_BYTES: usize = 32 << 20;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -44,10 +55,23 @@ pub enum ElementOp<'a> {
     Delete(&'a str, &'a [Key]),
 }
 
+/// What [`Socket::fill`] sent, and where its time went.
+#[derive(Debug, Clone, Copy)]
+pub struct Filled {
+    /// The size of the batch.
+    pub bytes: usize,
+    /// Encoding the batch.
+    pub encode: Duration,
+    /// Sending it until the kernel acknowledged every message (its commit).
+    pub commit: Duration,
+}
+
 /// A bound netfilter netlink socket, kept open between syncs.
 pub struct Socket {
     fd: i32,
     seq: u32,
+    /// The send buffer asked for: a batch is one datagram, which must fit.
+    sndbuf: usize,
 }
 
 impl Drop for Socket {
@@ -74,19 +98,25 @@ impl Socket {
             if fd < 0 {
                 return Err(last_error("netlink socket"));
             }
-            let socket = Socket { fd, seq: 1 };
+            let mut socket = Socket {
+                fd,
+                seq: 1,
+                sndbuf: BUFFER_BYTES,
+            };
             // Large batches and their acknowledgements must fit the socket buffers.
-            let size: libc::c_int = 32 << 20;
             for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
-                let p = &size as *const libc::c_int as *const libc::c_void;
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    p,
-                    std::mem::size_of_val(&size) as u32,
-                );
+                socket.set_buffer(opt, BUFFER_BYTES);
             }
+            // Errors carry only the failed message's header, not the whole (up to 48 KiB)
+            // message: a batch whose every message fails must not flood the receive buffer.
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                SOL_NETLINK,
+                NETLINK_CAP_ACK,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of_val(&one) as u32,
+            );
             let mut addr: libc::sockaddr_nl = std::mem::zeroed();
             addr.nl_family = libc::AF_NETLINK as u16;
             let p = &addr as *const libc::sockaddr_nl as *const libc::sockaddr;
@@ -101,57 +131,75 @@ impl Socket {
     /// `inet`); the kernel applies all of them or none.
     /// Returns the size of the batch sent.
     pub fn apply(&mut self, table: &str, ops: &[ElementOp]) -> io::Result<usize> {
-        let mut messages = Vec::new();
+        let mut batch = Batch::new(self);
         for op in ops {
-            let (kind, flags) = match op {
-                ElementOp::Add(..) => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
-                ElementOp::Delete(..) => (NFT_MSG_DELSETELEM, 0),
-            };
-            messages.extend(
-                self::messages(table, op)
-                    .into_iter()
-                    .map(|m| (kind, flags, m)),
-            );
+            match op {
+                ElementOp::Add(set, elems) => {
+                    batch.add_elements(self, table, set, elems.iter().map(|(k, e)| (k, Some(e))))
+                }
+                ElementOp::Delete(set, keys) => {
+                    batch.delete_elements(self, table, set, keys.iter())
+                }
+            }
         }
-        self.transaction(&messages)
+        batch.commit(self)
+    }
+
+    /// Fill a table that nft has just created with its sets' elements, and delete rules by
+    /// handle (`(chain, handle)`), as one transaction: the kernel applies all of it or none.
+    pub fn fill<'a>(
+        &mut self,
+        table: &str,
+        sets: impl IntoIterator<Item = (&'a str, &'a BTreeMap<Key, Element>)>,
+        delete_rules: &[(&str, u64)],
+    ) -> io::Result<Filled> {
+        let start = Instant::now();
+        let mut batch = Batch::new(self);
+        for (set, elems) in sets {
+            batch.add_elements(self, table, set, elems.iter().map(|(k, e)| (k, Some(e))));
+        }
+        for (chain, handle) in delete_rules {
+            batch.message(self, NFT_MSG_DELRULE, 0, |b| {
+                attr(b, NFTA_RULE_TABLE, &cstr(table));
+                attr(b, NFTA_RULE_CHAIN, &cstr(chain));
+                attr(b, NFTA_RULE_HANDLE, &handle.to_be_bytes());
+            });
+        }
+        let encode = start.elapsed();
+        let bytes = batch.commit(self)?;
+        Ok(Filled {
+            bytes,
+            encode,
+            commit: start.elapsed() - encode,
+        })
+    }
+
+    /// Whether table `inet <table>` exists: one GETTABLE request, no listing.
+    pub fn table_exists(&mut self, table: &str) -> io::Result<bool> {
+        let mut msg = Vec::new();
+        let seq = self.next_seq();
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE;
+        let inet = libc::NFPROTO_INET as u8;
+        header(&mut msg, kind, NLM_F_REQUEST | NLM_F_ACK, seq, inet, 0);
+        attr(&mut msg, NFTA_TABLE_NAME, &cstr(table));
+        finish(&mut msg, 0);
+        self.send(&msg)?;
+        // The table (NEWTABLE) comes first if it exists, then the acknowledgement.
+        match self.wait_acks(&[seq]) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Send nf_tables messages `(type, extra flags, payload)` between BATCH_BEGIN and
     /// BATCH_END, each acknowledged; returns the size of the batch sent.
     fn transaction(&mut self, messages: &[(u16, u16, Vec<u8>)]) -> io::Result<usize> {
-        let mut batch = Vec::new();
-        let begin = self.next_seq();
-        header(
-            &mut batch,
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            begin,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-        );
-        let mut acked = Vec::new();
+        let mut batch = Batch::new(self);
         for (kind, flags, payload) in messages {
-            let seq = self.next_seq();
-            let start = batch.len();
-            let kind = (NFNL_SUBSYS_NFTABLES << 8) | kind;
-            let flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-            header(&mut batch, kind, flags, seq, libc::NFPROTO_INET as u8, 0);
-            batch.extend_from_slice(payload);
-            finish(&mut batch, start);
-            acked.push(seq);
+            batch.message(self, *kind, *flags, |b| b.extend_from_slice(payload));
         }
-        let end = self.next_seq();
-        header(
-            &mut batch,
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            end,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-        );
-        self.send(&batch)?;
-        self.wait_acks(&acked)?;
-        Ok(batch.len())
+        batch.commit(self)
     }
 
     pub(crate) fn next_seq(&mut self) -> u32 {
@@ -169,7 +217,30 @@ impl Socket {
         Ok(n as usize)
     }
 
-    pub(crate) fn send(&self, batch: &[u8]) -> io::Result<()> {
+    /// Ask for `bytes` of socket buffer (`SO_SNDBUFFORCE` or `SO_RCVBUFFORCE`: root may exceed
+    /// the sysctl limits). Best effort: a buffer too small shows up as a send or receive error.
+    fn set_buffer(&mut self, opt: libc::c_int, bytes: usize) {
+        let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX / 2);
+        // SAFETY: setsockopt(2) on the descriptor this struct owns, with an int option.
+        unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                opt,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of_val(&size) as u32,
+            );
+        }
+        if opt == libc::SO_SNDBUFFORCE {
+            self.sndbuf = bytes;
+        }
+    }
+
+    pub(crate) fn send(&mut self, batch: &[u8]) -> io::Result<()> {
+        // A batch is one datagram: the kernel refuses one larger than the send buffer.
+        if batch.len() + 4096 > self.sndbuf {
+            self.set_buffer(libc::SO_SNDBUFFORCE, batch.len() + 4096);
+        }
         // SAFETY: sending a buffer we own to the kernel (nl_pid 0).
         let sent = unsafe {
             let mut addr: libc::sockaddr_nl = std::mem::zeroed();
@@ -209,8 +280,8 @@ impl Socket {
                 let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().unwrap());
                 if kind == NLMSG_ERROR && len >= 20 {
                     let errno = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap());
-                    pending.remove(&seq);
-                    if errno != 0 && failure.is_none() {
+                    // Only our messages' answers count, not a late one of an earlier batch.
+                    if pending.remove(&seq) && errno != 0 && failure.is_none() {
                         failure = Some(io::Error::from_raw_os_error(-errno));
                     }
                 }
@@ -257,6 +328,22 @@ pub(crate) fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     buf.resize(align(buf.len()), 0);
 }
 
+/// An attribute whose payload `fill` writes in place.
+fn attr_with(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0, 0]);
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    fill(buf);
+    let len = (buf.len() - start) as u16;
+    buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    buf.resize(align(buf.len()), 0);
+}
+
+fn put_cstr(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(0);
+}
+
 pub(crate) fn nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
     let start = buf.len();
     buf.extend_from_slice(&[0, 0]);
@@ -272,70 +359,168 @@ pub(crate) fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
-/// The payloads (after the headers) of the messages for one command: its elements, split so
-/// that no attribute outgrows 16 bits.
-fn messages(table: &str, op: &ElementOp) -> Vec<Vec<u8>> {
-    let (set, encoded): (&str, Vec<Vec<u8>>) = match op {
-        ElementOp::Add(set, elems) => (
-            set,
-            elems.iter().map(|(k, e)| element(k, Some(e))).collect(),
-        ),
-        ElementOp::Delete(set, keys) => (set, keys.iter().map(|k| element(k, None)).collect()),
-    };
-    let mut chunks: Vec<Vec<&Vec<u8>>> = vec![vec![]];
-    let mut size = 0;
-    for e in &encoded {
-        if size + e.len() > MAX_ELEMENTS_BYTES {
-            chunks.push(vec![]);
-            size = 0;
-        }
-        size += e.len();
-        chunks.last_mut().expect("one chunk at least").push(e);
-    }
-    chunks
-        .into_iter()
-        .map(|chunk| {
-            let mut msg = Vec::new();
-            attr(&mut msg, NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
-            attr(&mut msg, NFTA_SET_ELEM_LIST_SET, &cstr(set));
-            nested(&mut msg, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
-                chunk.iter().for_each(|e| b.extend_from_slice(e))
-            });
-            msg
-        })
-        .collect()
+/// A transaction being built: nf_tables messages between BATCH_BEGIN and BATCH_END, encoded
+/// straight into the one datagram that is sent, each message acknowledged.
+struct Batch {
+    buf: Vec<u8>,
+    acked: Vec<u32>,
 }
 
-/// One NFTA_LIST_ELEM: key, and for additions data and comment.
-fn element(key: &Key, elem: Option<&Element>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    nested(&mut buf, NFTA_LIST_ELEM, |b| {
+impl Batch {
+    fn new(socket: &mut Socket) -> Batch {
+        let mut buf = Vec::new();
+        let seq = socket.next_seq();
+        header(
+            &mut buf,
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        Batch {
+            buf,
+            acked: Vec::new(),
+        }
+    }
+
+    /// Open a message of nf_tables type `kind` on family inet; returns where it starts.
+    fn open(&mut self, socket: &mut Socket, kind: u16, flags: u16) -> usize {
+        let seq = socket.next_seq();
+        let start = self.buf.len();
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | kind;
+        let flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header(&mut self.buf, kind, flags, seq, libc::NFPROTO_INET as u8, 0);
+        self.acked.push(seq);
+        start
+    }
+
+    /// One message whose attributes `fill` writes.
+    fn message(
+        &mut self,
+        socket: &mut Socket,
+        kind: u16,
+        flags: u16,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let start = self.open(socket, kind, flags);
+        fill(&mut self.buf);
+        finish(&mut self.buf, start);
+    }
+
+    fn add_elements<'e>(
+        &mut self,
+        socket: &mut Socket,
+        table: &str,
+        set: &str,
+        elems: impl Iterator<Item = (&'e Key, Option<&'e Element>)>,
+    ) {
+        self.elements(socket, NFT_MSG_NEWSETELEM, NLM_F_CREATE, table, set, elems);
+    }
+
+    fn delete_elements<'e>(
+        &mut self,
+        socket: &mut Socket,
+        table: &str,
+        set: &str,
+        keys: impl Iterator<Item = &'e Key>,
+    ) {
+        let elems = keys.map(|k| (k, None));
+        self.elements(socket, NFT_MSG_DELSETELEM, 0, table, set, elems);
+    }
+
+    /// Element messages for one set: as many elements per message as fit in its 16-bit
+    /// element list attribute.
+    fn elements<'e>(
+        &mut self,
+        socket: &mut Socket,
+        kind: u16,
+        flags: u16,
+        table: &str,
+        set: &str,
+        elems: impl Iterator<Item = (&'e Key, Option<&'e Element>)>,
+    ) {
+        let mut one = Vec::new();
+        // (message start, element list start) of the message being filled.
+        let mut open: Option<(usize, usize)> = None;
+        for (key, elem) in elems {
+            one.clear();
+            element(&mut one, key, elem);
+            if let Some((msg, list)) = open {
+                if self.buf.len() - list + one.len() > MAX_ELEMENTS_BYTES {
+                    self.close_elements(msg, list);
+                    open = None;
+                }
+            }
+            let (_, list) = *open.get_or_insert_with(|| {
+                let msg = self.open(socket, kind, flags);
+                attr(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
+                attr(&mut self.buf, NFTA_SET_ELEM_LIST_SET, &cstr(set));
+                let list = self.buf.len();
+                self.buf.extend_from_slice(&[0, 0]);
+                let nested = NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED;
+                self.buf.extend_from_slice(&nested.to_ne_bytes());
+                (msg, list)
+            });
+            debug_assert!(list < self.buf.len());
+            self.buf.extend_from_slice(&one);
+        }
+        if let Some((msg, list)) = open {
+            self.close_elements(msg, list);
+        }
+    }
+
+    fn close_elements(&mut self, msg: usize, list: usize) {
+        let len = (self.buf.len() - list) as u16;
+        self.buf[list..list + 2].copy_from_slice(&len.to_ne_bytes());
+        finish(&mut self.buf, msg);
+    }
+
+    /// Close the batch, send it and wait for every acknowledgement; the batch's size.
+    fn commit(mut self, socket: &mut Socket) -> io::Result<usize> {
+        let seq = socket.next_seq();
+        header(
+            &mut self.buf,
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        socket.send(&self.buf)?;
+        socket.wait_acks(&self.acked)?;
+        Ok(self.buf.len())
+    }
+}
+
+/// One NFTA_LIST_ELEM, appended to `buf`: key, and for additions data and comment.
+fn element(buf: &mut Vec<u8>, key: &Key, elem: Option<&Element>) {
+    nested(buf, NFTA_LIST_ELEM, |b| {
         nested(b, NFTA_SET_ELEM_KEY, |b| {
-            attr(b, NFTA_DATA_VALUE, &bytes(key))
+            attr_with(b, NFTA_DATA_VALUE, |b| put_values(b, key))
         });
         let Some(elem) = elem else { return };
         match &elem.data {
             Some(Data::Values(values)) => nested(b, NFTA_SET_ELEM_DATA, |b| {
-                attr(b, NFTA_DATA_VALUE, &bytes(values))
+                attr_with(b, NFTA_DATA_VALUE, |b| put_values(b, values))
             }),
             Some(Data::Verdict(v)) => nested(b, NFTA_SET_ELEM_DATA, |b| {
                 nested(b, NFTA_DATA_VERDICT, |b| {
                     attr(b, NFTA_VERDICT_CODE, &verdict_code(v).to_be_bytes());
                     if let Some(chain) = v.target() {
-                        attr(b, NFTA_VERDICT_CHAIN, &cstr(chain));
+                        attr_with(b, NFTA_VERDICT_CHAIN, |b| put_cstr(b, chain));
                     }
                 })
             }),
             None => {}
         }
         if let Some(comment) = &elem.comment {
-            let text = cstr(comment);
-            let mut udata = vec![UDATA_SET_ELEM_COMMENT, text.len() as u8];
-            udata.extend_from_slice(&text);
-            attr(b, NFTA_SET_ELEM_USERDATA, &udata);
+            attr_with(b, NFTA_SET_ELEM_USERDATA, |b| {
+                b.extend_from_slice(&[UDATA_SET_ELEM_COMMENT, (comment.len() + 1) as u8]);
+                put_cstr(b, comment);
+            });
         }
     });
-    buf
 }
 
 fn verdict_code(v: &Verdict) -> i32 {
@@ -350,8 +535,7 @@ fn verdict_code(v: &Verdict) -> i32 {
 
 /// Values as the kernel's registers hold them: each field of a concatenation padded to 32
 /// bits; addresses and ports in network order, numgen slots and marks in host order.
-fn bytes(values: &[Value]) -> Vec<u8> {
-    let mut out = Vec::new();
+fn put_values(out: &mut Vec<u8>, values: &[Value]) {
     for v in values {
         match v {
             Value::Ipv4(a) => out.extend_from_slice(&a.octets()),
@@ -362,7 +546,6 @@ fn bytes(values: &[Value]) -> Vec<u8> {
             other => unreachable!("not a plain set value: {other:?}"),
         }
     }
-    out
 }
 
 fn proto_number(p: L4Proto) -> u8 {

@@ -1,0 +1,576 @@
+//! The agent's Prometheus metrics: a small registry rendered in the text exposition format
+//! 0.0.4, served on `/metrics` by [`crate::health::serve_metrics`].
+//!
+//! The `kubeproxy_*` metrics keep kube-proxy's names, help texts, types and buckets
+//! (kubernetes `pkg/proxy/metrics/metrics.go`), so dashboards and alerts written for
+//! kube-proxy keep working. The `svcnft_*` metrics are ours: they have no kube-proxy
+//! counterpart, or kube-proxy's is specific to another backend (its
+//! `sync_proxy_rules_iptables_restore_failures_total`, for instance, is not exported at all).
+//!
+//! The registry is cheap to share (`Arc<Metrics>`): every update takes one short lock.
+
+use std::fmt::Write as _;
+use std::sync::{Mutex, MutexGuard};
+
+/// Buckets of kube-proxy's sync-duration histograms: `ExponentialBuckets(0.001, 2, 15)`,
+/// i.e. 1 ms, 2 ms, 4 ms, ... 16.384 s.
+pub fn sync_duration_buckets() -> Vec<f64> {
+    let mut buckets = Vec::with_capacity(15);
+    let mut bound = 0.001;
+    for _ in 0..15 {
+        buckets.push(bound);
+        bound *= 2.0;
+    }
+    buckets
+}
+
+/// Buckets of kube-proxy's network-programming histogram: `MergeBuckets` (which starts
+/// with a 0 bucket) of 0.25 s and 0.5 s, 1 s to 59 s by 1 s, 60 s to 115 s by 5 s, and
+/// 2 min to 5 min by 30 s.
+pub fn network_programming_buckets() -> Vec<f64> {
+    let mut buckets = vec![0.0, 0.25, 0.5];
+    buckets.extend((1..=59).map(f64::from));
+    buckets.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
+    buckets.extend((0..7).map(|i| 120.0 + 30.0 * f64::from(i)));
+    buckets
+}
+
+/// A Prometheus histogram with fixed upper bounds (the `+Inf` bucket is implicit).
+#[derive(Debug, Clone)]
+struct Histogram {
+    /// Upper bounds, increasing.
+    bounds: Vec<f64>,
+    /// Observations per bucket (not cumulative); one more slot than `bounds`, for `+Inf`.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: Vec<f64>) -> Self {
+        let counts = vec![0; bounds.len() + 1];
+        Histogram {
+            bounds,
+            counts,
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Records one observation; NaN is ignored (it would poison `_sum` for good).
+    fn observe(&mut self, value: f64) {
+        if value.is_nan() {
+            return;
+        }
+        // Buckets are "less than or equal": the first bound >= value takes it.
+        let slot = self.bounds.partition_point(|&bound| bound < value);
+        self.counts[slot] += 1;
+        self.sum += value;
+        self.count += 1;
+    }
+}
+
+/// Every value, behind the registry's lock.
+#[derive(Debug, Clone)]
+struct Values {
+    sync_duration: Histogram,
+    sync_full_duration: Histogram,
+    sync_partial_duration: Histogram,
+    network_programming: Histogram,
+    last_sync_timestamp: f64,
+    last_queued_timestamp: f64,
+    table_elements: f64,
+    table_chains: f64,
+    table_rules: f64,
+    services: f64,
+    sync_failures: u64,
+    endpoint_changes: u64,
+    service_changes: u64,
+    conntrack_deleted: u64,
+    rejected_objects: u64,
+}
+
+/// The agent's metrics registry. Share it as `Arc<Metrics>`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Metrics {
+    values: Mutex<Values>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric at zero (histograms empty).
+    pub fn new() -> Self {
+        Metrics {
+            values: Mutex::new(Values {
+                sync_duration: Histogram::new(sync_duration_buckets()),
+                sync_full_duration: Histogram::new(sync_duration_buckets()),
+                sync_partial_duration: Histogram::new(sync_duration_buckets()),
+                network_programming: Histogram::new(network_programming_buckets()),
+                last_sync_timestamp: 0.0,
+                last_queued_timestamp: 0.0,
+                table_elements: 0.0,
+                table_chains: 0.0,
+                table_rules: 0.0,
+                services: 0.0,
+                sync_failures: 0,
+                endpoint_changes: 0,
+                service_changes: 0,
+                conntrack_deleted: 0,
+                rejected_objects: 0,
+            }),
+        }
+    }
+
+    /// The values, even if a panicking thread poisoned the lock (they are plain numbers,
+    /// always consistent between two statements).
+    fn lock(&self) -> MutexGuard<'_, Values> {
+        self.values.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A successful sync that took `seconds` and ended at `at_unix` (seconds since the Unix
+    /// epoch): observes `kubeproxy_sync_proxy_rules_duration_seconds` and the full or partial
+    /// histogram, and sets `kubeproxy_sync_proxy_rules_last_timestamp_seconds`.
+    pub fn sync_done(&self, partial: bool, seconds: f64, at_unix: f64) {
+        let mut v = self.lock();
+        v.sync_duration.observe(seconds);
+        if partial {
+            v.sync_partial_duration.observe(seconds);
+        } else {
+            v.sync_full_duration.observe(seconds);
+        }
+        v.last_sync_timestamp = at_unix;
+    }
+
+    /// A sync that failed (`svcnft_sync_failures_total`).
+    pub fn sync_failed(&self) {
+        self.lock().sync_failures += 1;
+    }
+
+    /// One network-programming latency: from an object's last change (the EndpointSlice's
+    /// `endpoints.kubernetes.io/last-change-trigger-time`) to the end of the sync that
+    /// programmed it (`kubeproxy_network_programming_duration_seconds`).
+    pub fn network_programming(&self, seconds: f64) {
+        self.lock().network_programming.observe(seconds);
+    }
+
+    /// The size of the programmed nftables table after a sync (`svcnft_table_elements`,
+    /// `svcnft_table_chains`, `svcnft_table_rules`).
+    pub fn table_size(&self, elements: usize, chains: usize, rules: usize) {
+        let mut v = self.lock();
+        v.table_elements = elements as f64;
+        v.table_chains = chains as f64;
+        v.table_rules = rules as f64;
+    }
+
+    /// The number of Services programmed (`svcnft_services`).
+    pub fn services(&self, n: usize) {
+        self.lock().services = n as f64;
+    }
+
+    /// `n` more Service changes seen (`kubeproxy_sync_proxy_rules_service_changes_total`).
+    pub fn service_changes(&self, n: u64) {
+        self.lock().service_changes += n;
+    }
+
+    /// `n` more EndpointSlice changes seen
+    /// (`kubeproxy_sync_proxy_rules_endpoint_changes_total`).
+    pub fn endpoint_changes(&self, n: u64) {
+        self.lock().endpoint_changes += n;
+    }
+
+    /// A sync was queued at `at_unix` (seconds since the Unix epoch):
+    /// `kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds`.
+    pub fn queued(&self, at_unix: f64) {
+        self.lock().last_queued_timestamp = at_unix;
+    }
+
+    /// `n` more conntrack entries deleted (`svcnft_conntrack_entries_deleted_total`).
+    pub fn conntrack_deleted(&self, n: u64) {
+        self.lock().conntrack_deleted += n;
+    }
+
+    /// One more API object rejected as invalid (`svcnft_rejected_objects_total`).
+    pub fn rejected_object(&self) {
+        self.lock().rejected_objects += 1;
+    }
+
+    /// Every metric in the Prometheus text exposition format, version 0.0.4.
+    pub fn render(&self) -> String {
+        // Copy out, so the lock is not held while formatting.
+        let v = self.lock().clone();
+        let mut out = String::with_capacity(8192);
+
+        histogram(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            &v.sync_duration,
+        );
+        histogram(
+            &mut out,
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+            &v.sync_full_duration,
+        );
+        histogram(
+            &mut out,
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            &v.sync_partial_duration,
+        );
+        histogram(
+            &mut out,
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            &v.network_programming,
+        );
+
+        gauge(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            v.last_sync_timestamp,
+        );
+        gauge(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "The last time a sync of proxy rules was queued",
+            v.last_queued_timestamp,
+        );
+        gauge(
+            &mut out,
+            "svcnft_table_elements",
+            "Set and map elements in the nftables table after the last sync",
+            v.table_elements,
+        );
+        gauge(
+            &mut out,
+            "svcnft_table_chains",
+            "Chains in the nftables table after the last sync",
+            v.table_chains,
+        );
+        gauge(
+            &mut out,
+            "svcnft_table_rules",
+            "Rules in the nftables table after the last sync",
+            v.table_rules,
+        );
+        gauge(
+            &mut out,
+            "svcnft_services",
+            "Services programmed by the last sync",
+            v.services,
+        );
+
+        counter(
+            &mut out,
+            "svcnft_sync_failures_total",
+            "Cumulative proxy rules sync failures",
+            v.sync_failures,
+        );
+        counter(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+            "Cumulative proxy rules Endpoint changes",
+            v.endpoint_changes,
+        );
+        counter(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_service_changes_total",
+            "Cumulative proxy rules Service changes",
+            v.service_changes,
+        );
+        counter(
+            &mut out,
+            "svcnft_conntrack_entries_deleted_total",
+            "Cumulative stale conntrack entries deleted",
+            v.conntrack_deleted,
+        );
+        counter(
+            &mut out,
+            "svcnft_rejected_objects_total",
+            "Cumulative API objects rejected as invalid",
+            v.rejected_objects,
+        );
+        out
+    }
+}
+
+/// A float as the exposition format wants it: shortest round-trip decimal, `+Inf`,
+/// `-Inf`, `NaN`.
+fn number(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".to_string()
+    } else if value == f64::INFINITY {
+        "+Inf".to_string()
+    } else if value == f64::NEG_INFINITY {
+        "-Inf".to_string()
+    } else {
+        format!("{value}")
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {}", number(value));
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    header(out, name, help, "histogram");
+    let mut cumulative = 0;
+    for (bound, count) in h.bounds.iter().zip(&h.counts) {
+        cumulative += count;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            number(*bound)
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {}", number(h.sum));
+    let _ = writeln!(out, "{name}_count {}", h.count);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines of `text` that belong to metric family `name` (its samples and comments).
+    fn family<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|line| {
+                let line = line
+                    .strip_prefix("# HELP ")
+                    .or_else(|| line.strip_prefix("# TYPE "))
+                    .unwrap_or(line);
+                line.strip_prefix(name).is_some_and(|rest| {
+                    rest.starts_with(' ')
+                        || rest.starts_with("_bucket{")
+                        || rest.starts_with("_sum ")
+                        || rest.starts_with("_count ")
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn kube_proxy_buckets() {
+        let sync = sync_duration_buckets();
+        assert_eq!(sync.len(), 15);
+        assert_eq!(sync[0], 0.001);
+        assert_eq!(sync[14], 16.384);
+        let np = network_programming_buckets();
+        assert_eq!(np.len(), 1 + 2 + 59 + 12 + 7);
+        assert_eq!(&np[..5], &[0.0, 0.25, 0.5, 1.0, 2.0]);
+        assert_eq!(np[61], 59.0);
+        assert_eq!(np[62], 60.0);
+        assert_eq!(np[73], 115.0);
+        assert_eq!(np[74], 120.0);
+        assert_eq!(*np.last().unwrap(), 300.0);
+        assert!(np.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn histogram_renders_cumulative_buckets() {
+        let m = Metrics::new();
+        m.sync_done(false, 0.0015, 100.0); // le=0.002
+        m.sync_done(true, 0.002, 200.0); // le=0.002 (bounds are inclusive)
+        m.sync_done(true, 0.5, 300.0); // le=0.512
+        m.sync_done(false, 100.0, 400.0); // +Inf only
+        let text = m.render();
+        let lines = family(&text, "kubeproxy_sync_proxy_rules_duration_seconds");
+        let expected = [
+            "# HELP kubeproxy_sync_proxy_rules_duration_seconds SyncProxyRules latency in seconds",
+            "# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"} 0",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.002\"} 2",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.004\"} 2",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.008\"} 2",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.016\"} 2",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.032\"} 2",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.064\"} 2",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.128\"} 2",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.256\"} 2",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.512\"} 3",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"1.024\"} 3",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"2.048\"} 3",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"4.096\"} 3",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"8.192\"} 3",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"16.384\"} 3",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"+Inf\"} 4",
+            "kubeproxy_sync_proxy_rules_duration_seconds_sum 100.5035",
+            "kubeproxy_sync_proxy_rules_duration_seconds_count 4",
+        ];
+        assert_eq!(lines, expected);
+
+        // Full and partial syncs each go to their own histogram as well.
+        let full = family(&text, "kubeproxy_sync_full_proxy_rules_duration_seconds");
+        assert!(full
+            .contains(&"kubeproxy_sync_full_proxy_rules_duration_seconds_bucket{le=\"0.002\"} 1"));
+        assert!(full.contains(&"kubeproxy_sync_full_proxy_rules_duration_seconds_count 2"));
+        let partial = family(&text, "kubeproxy_sync_partial_proxy_rules_duration_seconds");
+        assert!(partial.contains(
+            &"kubeproxy_sync_partial_proxy_rules_duration_seconds_bucket{le=\"+Inf\"} 2"
+        ));
+        assert!(partial.contains(&"kubeproxy_sync_partial_proxy_rules_duration_seconds_sum 0.502"));
+
+        // The last timestamp is the last sync's.
+        assert_eq!(
+            family(&text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds")[2],
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds 400"
+        );
+    }
+
+    #[test]
+    fn every_histogram_bucket_line_is_cumulative_and_ends_with_count() {
+        let m = Metrics::new();
+        for latency in [0.1, 0.3, 0.3, 7.0, 64.0, 299.0, 301.0, f64::NAN] {
+            m.network_programming(latency);
+        }
+        let text = m.render();
+        let lines = family(&text, "kubeproxy_network_programming_duration_seconds");
+        let buckets: Vec<u64> = lines
+            .iter()
+            .filter(|l| l.contains("_bucket{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(buckets.len(), network_programming_buckets().len() + 1);
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]));
+        assert!(
+            lines.contains(&"kubeproxy_network_programming_duration_seconds_bucket{le=\"0\"} 0")
+        );
+        assert!(
+            lines.contains(&"kubeproxy_network_programming_duration_seconds_bucket{le=\"0.25\"} 1")
+        );
+        assert!(
+            lines.contains(&"kubeproxy_network_programming_duration_seconds_bucket{le=\"0.5\"} 3")
+        );
+        assert!(
+            lines.contains(&"kubeproxy_network_programming_duration_seconds_bucket{le=\"65\"} 5")
+        );
+        assert!(
+            lines.contains(&"kubeproxy_network_programming_duration_seconds_bucket{le=\"300\"} 6")
+        );
+        // NaN is dropped, so +Inf is 7.
+        assert!(
+            lines.contains(&"kubeproxy_network_programming_duration_seconds_bucket{le=\"+Inf\"} 7")
+        );
+        assert!(lines.contains(&"kubeproxy_network_programming_duration_seconds_count 7"));
+    }
+
+    #[test]
+    fn counters_and_gauges() {
+        let m = Metrics::new();
+        let text = m.render();
+        assert_eq!(
+            family(&text, "svcnft_sync_failures_total"),
+            [
+                "# HELP svcnft_sync_failures_total Cumulative proxy rules sync failures",
+                "# TYPE svcnft_sync_failures_total counter",
+                "svcnft_sync_failures_total 0",
+            ]
+        );
+
+        m.sync_failed();
+        m.sync_failed();
+        m.service_changes(3);
+        m.service_changes(2);
+        m.endpoint_changes(7);
+        m.conntrack_deleted(4);
+        m.rejected_object();
+        m.table_size(120, 30, 250);
+        m.table_size(100, 20, 200); // gauges are replaced, not added
+        m.services(12);
+        m.queued(1_700_000_000.25);
+        let text = m.render();
+
+        let sample = |name: &str| -> String {
+            let lines = family(&text, name);
+            assert_eq!(lines.len(), 3, "{name}: {lines:?}");
+            assert!(lines[0].starts_with(&format!("# HELP {name} ")));
+            lines[2].to_string()
+        };
+        assert_eq!(
+            family(&text, "svcnft_table_rules")[1],
+            "# TYPE svcnft_table_rules gauge"
+        );
+        assert_eq!(
+            sample("svcnft_sync_failures_total"),
+            "svcnft_sync_failures_total 2"
+        );
+        assert_eq!(
+            sample("kubeproxy_sync_proxy_rules_service_changes_total"),
+            "kubeproxy_sync_proxy_rules_service_changes_total 5"
+        );
+        assert_eq!(
+            sample("kubeproxy_sync_proxy_rules_endpoint_changes_total"),
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total 7"
+        );
+        assert_eq!(
+            sample("svcnft_conntrack_entries_deleted_total"),
+            "svcnft_conntrack_entries_deleted_total 4"
+        );
+        assert_eq!(
+            sample("svcnft_rejected_objects_total"),
+            "svcnft_rejected_objects_total 1"
+        );
+        assert_eq!(sample("svcnft_table_elements"), "svcnft_table_elements 100");
+        assert_eq!(sample("svcnft_table_chains"), "svcnft_table_chains 20");
+        assert_eq!(sample("svcnft_table_rules"), "svcnft_table_rules 200");
+        assert_eq!(sample("svcnft_services"), "svcnft_services 12");
+        assert_eq!(
+            sample("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"),
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds 1700000000.25"
+        );
+        assert_eq!(
+            sample("kubeproxy_sync_proxy_rules_last_timestamp_seconds"),
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds 0"
+        );
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_once_and_text_ends_with_newline() {
+        let text = Metrics::new().render();
+        assert!(text.ends_with('\n'));
+        let helps: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# HELP "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        let types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(helps, types);
+        assert_eq!(helps.len(), 15);
+        let mut unique = helps.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), helps.len());
+    }
+
+    #[test]
+    fn special_numbers() {
+        assert_eq!(number(f64::INFINITY), "+Inf");
+        assert_eq!(number(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(number(f64::NAN), "NaN");
+        assert_eq!(number(0.1), "0.1");
+        assert_eq!(number(3.0), "3");
+    }
+}

@@ -1,0 +1,258 @@
+//! One node's sync loop, shared by both agents (manifest directory and API server): objects
+//! come in one at a time, [`Syncer::sync`] recompiles the Services they touch and applies the
+//! difference; health, metrics and the health-check NodePorts follow each sync.
+
+use crate::engine::{Engine, Route};
+use crate::health::{ProxyHealth, ServiceHealth, ServiceHealthEntry};
+use crate::metrics::Metrics;
+use std::collections::BTreeSet;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use svc_nft_compiler::{Incremental, NodeFacts, Object};
+
+/// A change for the sync thread, from the manifest directory or the API server.
+pub enum Update {
+    Upsert {
+        object: Object,
+        /// When the change was triggered (EndpointSlice
+        /// `endpoints.kubernetes.io/last-change-trigger-time`), for network programming latency.
+        trigger: Option<SystemTime>,
+    },
+    Remove {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
+    /// The node's facts changed (its Node object, in a cluster).
+    Node(Box<NodeFacts>),
+    /// A source's first complete list arrived. Until every source's has, the node keeps the
+    /// rules it has: syncing half a cluster would REJECT the other half.
+    Listed(&'static str),
+}
+
+/// What the agents report to: shared with the health and metrics servers.
+#[derive(Clone)]
+pub struct Observers {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<ProxyHealth>,
+    /// The health-check NodePorts of `externalTrafficPolicy: Local` Services, when served.
+    pub service_health: Option<Arc<ServiceHealth>>,
+}
+
+pub struct Syncer {
+    state: Incremental,
+    engine: Engine,
+    observers: Observers,
+    sync_period: Duration,
+    last_full: Instant,
+    /// Changes since the last successful sync.
+    services_changed: u64,
+    endpoints_changed: u64,
+    /// When changes to endpoints were triggered (EndpointSlice
+    /// `endpoints.kubernetes.io/last-change-trigger-time`), for network programming latency.
+    triggers: Vec<SystemTime>,
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+impl Syncer {
+    pub fn new(node: &NodeFacts, sync_period: Duration, observers: Observers) -> Syncer {
+        observers.health.updated();
+        Syncer {
+            state: Incremental::new(node),
+            engine: Engine::new(),
+            observers,
+            sync_period,
+            last_full: Instant::now(),
+            services_changed: 0,
+            endpoints_changed: 0,
+            triggers: Vec::new(),
+        }
+    }
+
+    fn queued(&mut self, service: bool) {
+        if service {
+            self.services_changed += 1;
+        } else {
+            self.endpoints_changed += 1;
+        }
+        self.observers.health.queued();
+        self.observers.metrics.queued(unix(SystemTime::now()));
+    }
+
+    /// Take in an added or changed object; a rejected one is logged (naming it and the field)
+    /// and left out, as if deleted.
+    pub fn upsert(&mut self, obj: &Object, trigger: Option<SystemTime>) {
+        if let Err(rejected) = self.state.upsert(obj) {
+            self.observers.metrics.rejected_object();
+            tracing::warn!(
+                object = rejected.object.as_ref().map(ToString::to_string),
+                field = rejected.field,
+                "rejected: {}",
+                rejected.message
+            );
+        }
+        self.triggers.extend(trigger);
+        let service = matches!(obj.resource, svc_nft_compiler::Resource::Service(_));
+        self.queued(service);
+    }
+
+    /// Forget an object (`kind`: Service, EndpointSlice or Endpoints).
+    pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) {
+        self.state.remove(kind, namespace, name);
+        self.queued(kind == "Service");
+    }
+
+    pub fn set_node(&mut self, node: &NodeFacts) {
+        self.state.set_node(node);
+        self.queued(true);
+    }
+
+    /// Whether changes wait for a sync.
+    pub fn pending(&self) -> bool {
+        self.services_changed + self.endpoints_changed > 0
+    }
+
+    /// Recompile what changed and apply it. A failure is logged and counted; the engine's next
+    /// sync replaces the table whole.
+    pub fn sync(&mut self) {
+        let delta = self.state.flush();
+        for d in &delta.diagnostics {
+            self.observers.metrics.rejected_object();
+            tracing::warn!("rejected: {d}");
+        }
+        let table = self.state.table();
+        let metrics = &self.observers.metrics;
+        match self.engine.sync_delta(table, &delta) {
+            Ok(s) => {
+                let partial = s.route != Route::Full;
+                tracing::info!(
+                    route = ?s.route,
+                    services = delta.recompiled,
+                    bytes = s.bytes,
+                    took_ms = s.took.as_secs_f64() * 1e3,
+                    "synced: {}",
+                    s.changes
+                );
+                let now = SystemTime::now();
+                metrics.sync_done(partial, s.took.as_secs_f64(), unix(now));
+                metrics.conntrack_deleted(s.conntrack_deleted);
+                metrics.service_changes(std::mem::take(&mut self.services_changed));
+                metrics.endpoint_changes(std::mem::take(&mut self.endpoints_changed));
+                for t in self.triggers.drain(..) {
+                    let latency = now.duration_since(t).unwrap_or_default();
+                    metrics.network_programming(latency.as_secs_f64());
+                }
+                self.observers.health.updated();
+                if !partial {
+                    self.last_full = Instant::now();
+                }
+            }
+            Err(e) => {
+                metrics.sync_failed();
+                tracing::error!(failures = self.engine.failures, "sync failed: {e}");
+            }
+        }
+        if delta.rebuilt {
+            // A rebuild churns through memory the size of the table; give it back rather
+            // than keep the peak resident.
+            // SAFETY: malloc_trim only releases free heap pages.
+            unsafe { libc::malloc_trim(0) };
+        }
+        let (elements, chains, rules) = size(table);
+        metrics.table_size(elements, chains, rules);
+        metrics.services(self.state.services());
+        self.serve_health_checks();
+    }
+
+    /// Every `--sync-period`: replace the table whole, logging any drift it repaired.
+    pub fn repair_if_due(&mut self) {
+        if self.last_full.elapsed() < self.sync_period {
+            return;
+        }
+        match self.engine.reconcile(self.state.table()) {
+            Ok(drift) if drift.is_empty() => tracing::debug!("verified: no drift"),
+            Ok(drift) => tracing::warn!("repaired drift: {drift}"),
+            Err(e) => {
+                self.observers.metrics.sync_failed();
+                tracing::error!("repair failed: {e}")
+            }
+        }
+        self.last_full = Instant::now();
+    }
+
+    fn serve_health_checks(&self) {
+        let Some(service_health) = &self.observers.service_health else {
+            return;
+        };
+        let desired = self.state.health_checks().into_iter().map(|h| {
+            let entry = ServiceHealthEntry {
+                namespace: h.namespace,
+                name: h.name,
+                local_endpoints: h.local_endpoints,
+            };
+            (h.port, entry)
+        });
+        service_health.sync(desired.collect());
+    }
+}
+
+/// Elements, chains and rules of a table.
+fn size(table: &svc_nft_ir::Table) -> (usize, usize, usize) {
+    let elements = table.sets.values().map(|s| s.elements.len()).sum();
+    let rules = table.chains.values().map(|c| c.rules.len()).sum();
+    (elements, table.chains.len(), rules)
+}
+
+/// Where updates come from, and which first lists must be complete before the first sync.
+pub struct Source {
+    pub updates: Receiver<Update>,
+    pub lists: &'static [&'static str],
+}
+
+/// The sync thread: take updates as they come, sync at most once per `min_sync_period` (a
+/// burst of changes is applied together), repair every `sync_period`. Returns when every
+/// sender is gone.
+pub fn run_loop(mut syncer: Syncer, source: Source, min_sync_period: Duration) {
+    let mut waiting: BTreeSet<&str> = source.lists.iter().copied().collect();
+    let mut last_sync: Option<Instant> = None;
+    loop {
+        // Sleep until the next change, or until a held-back sync or a repair is due.
+        let due = match (syncer.pending(), last_sync) {
+            (true, Some(at)) => min_sync_period.saturating_sub(at.elapsed()),
+            (true, None) => Duration::ZERO,
+            (false, _) => syncer.sync_period,
+        };
+        let first = match source.updates.recv_timeout(due) {
+            Ok(update) => Some(update),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        for update in first.into_iter().chain(source.updates.try_iter()) {
+            match update {
+                Update::Upsert { object, trigger } => syncer.upsert(&object, trigger),
+                Update::Remove {
+                    kind,
+                    namespace,
+                    name,
+                } => syncer.remove(kind, &namespace, &name),
+                Update::Node(facts) => syncer.set_node(&facts),
+                Update::Listed(kind) => {
+                    waiting.remove(kind);
+                }
+            }
+        }
+        let held_back = last_sync.is_some_and(|at| at.elapsed() < min_sync_period);
+        if waiting.is_empty() && syncer.pending() && !held_back {
+            syncer.sync();
+            last_sync = Some(Instant::now());
+        } else if !syncer.pending() {
+            syncer.repair_if_due();
+        }
+    }
+}

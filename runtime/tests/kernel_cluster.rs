@@ -1,0 +1,271 @@
+//! The agent in cluster mode: a fake API server (list + watch, 410 Gone, dropped connections,
+//! an outage) drives the real `svc-nft run`, which programs a real kernel in the node
+//! namespace; real packets follow, and health, metrics and health-check NodePorts answer.
+
+mod fakeapi;
+mod netns;
+
+use fakeapi::FakeApi;
+use netns::cluster::{Cluster, CIDRS};
+use netns::{tcp, Netns, Outcome};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The agent, in the node namespace, watching `api`; killed on drop.
+struct Agent {
+    child: Child,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(node: &Netns, api: &FakeApi) -> Agent {
+        let kubeconfig = std::env::temp_dir().join(format!("svc-nft-kube-{}", std::process::id()));
+        let config = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n",
+            api.url()
+        );
+        std::fs::write(&kubeconfig, config).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.name,
+                env!("CARGO_BIN_EXE_svc-nft"),
+                "run",
+            ])
+            .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
+            .args(["--hostname-override", "node-a"])
+            .args(["--min-sync-period", "100ms", "--sync-period", "2s"])
+            .args(["--healthz-bind-address", "127.0.0.1:10256"])
+            .args(["--metrics-bind-address", "127.0.0.1:10249"])
+            .args(CIDRS)
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("SVC_NFT_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("start the agent");
+        Agent { child, kubeconfig }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+/// Poll until `check` holds (at most 15 s).
+fn eventually(what: &str, check: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never happened: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET path` on `addr` from inside `ns`: (status, body), or None when nobody answers.
+fn get(ns: &Netns, addr: &str, path: &str) -> Option<(u16, String)> {
+    let (addr, request): (SocketAddr, String) = (
+        addr.parse().unwrap(),
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    );
+    ns.run(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(request.as_bytes()).ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_string();
+        Some((status, body))
+    })
+}
+
+fn service(name: &str, ip: &str, extra: Value) -> Value {
+    let mut svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "t"},
+        "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                 "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+    });
+    merge(&mut svc, extra);
+    svc
+}
+
+fn slice(service: &str, backend: &str, node: &str) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-x"), "namespace": "t",
+                     "labels": {"kubernetes.io/service-name": service},
+                     "annotations": {"endpoints.kubernetes.io/last-change-trigger-time":
+                                     "2026-01-01T00:00:00Z"}},
+        "addressType": "IPv4",
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [backend], "nodeName": node,
+                       "conditions": {"ready": true}}]
+    })
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, value) => *slot = value,
+    }
+}
+
+#[test]
+fn the_agent_follows_the_api_server() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new("", CIDRS);
+    let node = &k.lab.node;
+    let listener = node.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let api = FakeApi::serve(listener);
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "z1"}},
+        "status": {"addresses": [{"type": "InternalIP", "address": "198.51.100.1"}]}
+    }));
+    let _agent = Agent::start(node, &api);
+    let c1 = k.ns(k.c1);
+    let vip = "10.96.5.1:80".parse().unwrap();
+    let connect = || tcp(c1, vip, Duration::from_millis(500));
+    let answered_by = |b: &str| matches!(connect(), Outcome::Answered { backend, .. } if backend.to_string() == b);
+
+    api.apply(service("web", "10.96.5.1", json!({})));
+    eventually("a Service without endpoints refuses", || {
+        connect() == Outcome::Refused
+    });
+    api.apply(slice("web", "10.244.1.2", "node-b"));
+    eventually("b1 answers", || answered_by("10.244.1.2"));
+    api.apply(slice("web", "10.244.2.2", "node-b"));
+    eventually("the endpoint moves to b2", || answered_by("10.244.2.2"));
+
+    // Health and metrics, as kube-proxy serves them.
+    let (status, body) = get(node, "127.0.0.1:10256", "/healthz").expect("healthz answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("lastUpdated"), "{body}");
+    let (_, metrics) = get(node, "127.0.0.1:10249", "/metrics").expect("metrics answer");
+    for name in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count",
+        "kubeproxy_network_programming_duration_seconds_count",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+
+    // A Service another proxy owns is not ours.
+    let other = json!({"metadata": {"labels": {"service.kubernetes.io/service-proxy-name": "x"}}});
+    api.apply(service("web", "10.96.5.1", other));
+    eventually("the Service owned elsewhere is dropped", || {
+        connect() == Outcome::Timeout
+    });
+    api.apply(service(
+        "web",
+        "10.96.5.1",
+        json!({"metadata": {"labels": {}}}),
+    ));
+    eventually("and comes back", || answered_by("10.244.2.2"));
+
+    // The API server goes away: the rules stay. It comes back having forgotten history
+    // (410 Gone on the re-watch): the agent relists and follows again.
+    api.set_down(true);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        answered_by("10.244.2.2"),
+        "traffic flows while the API is down"
+    );
+    api.delete("EndpointSlice", Some("t"), "web-x");
+    api.compact();
+    api.set_down(false);
+    eventually("the slice deleted during the outage is noticed", || {
+        connect() == Outcome::Refused
+    });
+    api.apply(slice("web", "10.244.3.2", "node-b"));
+    eventually("b3 answers", || answered_by("10.244.3.2"));
+    api.drop_watches();
+    api.apply(slice("web", "10.244.1.2", "node-b"));
+    eventually("after a dropped watch, b1 again", || {
+        answered_by("10.244.1.2")
+    });
+
+    api.delete("Service", Some("t"), "web");
+    eventually("a deleted Service is gone", || {
+        connect() == Outcome::Timeout
+    });
+    every_request_is_granted(&api);
+}
+
+/// Each request the agent made is one `deploy/` grants (`API_CALLS`).
+fn every_request_is_granted(api: &FakeApi) {
+    for (method, path) in api.requests() {
+        let (path, query) = path.split_once('?').unwrap_or((&path, ""));
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (group, resource) = match parts.as_slice() {
+            ["api", "v1", resource, ..] => ("", *resource),
+            ["apis", group, _, resource, ..] => (*group, *resource),
+            _ => panic!("unexpected request {method} {path}"),
+        };
+        let verb = match (method.as_str(), query.contains("watch=true")) {
+            ("GET", true) => "watch",
+            ("GET", false) if parts.len() > 3 + usize::from(!group.is_empty()) => "get",
+            ("GET", false) => "list",
+            (other, _) => panic!("unexpected {other} {path}"),
+        };
+        let granted = svc_nft::cluster::API_CALLS
+            .iter()
+            .any(|c| c.group == group && c.resource == resource && c.verbs.contains(&verb));
+        assert!(
+            granted,
+            "{verb} {group}/{resource} ({method} {path}) is not granted"
+        );
+    }
+}
+
+#[test]
+fn health_check_node_ports_follow_local_endpoints() {
+    if !netns::require() {
+        return;
+    }
+    let k = Cluster::new("", CIDRS);
+    let node = &k.lab.node;
+    let listener = node.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let api = FakeApi::serve(listener);
+    let _agent = Agent::start(node, &api);
+    let lb = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                             "healthCheckNodePort": 30100,
+                             "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080,
+                                        "protocol": "TCP"}]}});
+    api.apply(service("lb", "10.96.5.9", lb));
+    api.apply(slice("lb", "10.244.1.2", "node-a"));
+    let check = || get(node, "127.0.0.1:30100", "/");
+    eventually("200 with a local endpoint", || {
+        check().is_some_and(|(s, b)| s == 200 && b.contains("\"localEndpoints\":1"))
+    });
+    api.apply(slice("lb", "10.244.1.2", "node-b"));
+    eventually("503 without one", || {
+        check().is_some_and(|(s, b)| s == 503 && b.contains("\"localEndpoints\":0"))
+    });
+    api.delete("Service", Some("t"), "lb");
+    eventually("the port closes with the Service", || check().is_none());
+}
