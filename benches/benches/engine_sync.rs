@@ -3,6 +3,9 @@
 //! - One Service change: one endpoint of one Service moves (same count, so only elements
 //!   change). Timed: the IR diff alone, the engine's whole sync (diff + netlink batch + kernel
 //!   commit), and for comparison the same change as an `nft -f -` process.
+//! - The same change through the per-Service compiler (what the agents run): `upsert` of the
+//!   changed EndpointSlice, `flush`, `Engine::sync_delta` — from the change reaching the
+//!   engine to the kernel's commit, and its ratio to the first size.
 //! - Cold full sync: `Engine::new().sync(table)` into a namespace without the table (the
 //!   engine's gated load: a skeleton through nft, the elements over netlink, one commit), side
 //!   by side with loading the same table whole with one `nft -f -` process. Median of 3 up to
@@ -19,10 +22,10 @@
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use svc_nft::engine::Engine;
+use svc_nft::engine::{Engine, Route};
 use svc_nft::kernel;
 use svc_nft_benches::{compile_clean, node_facts, Synthetic};
-use svc_nft_compiler::{Object, Resource};
+use svc_nft_compiler::{Incremental, Object, Resource};
 use svc_nft_ir::{diff, replace_script, Table};
 
 /// The namespace this process runs in; deleted on drop.
@@ -101,11 +104,7 @@ fn cold_full_sync(sizes: &[usize]) {
     println!("| Services | set elements | cold full sync (engine) | full load via `nft -f -` | nft / engine |");
     println!("|---:|---:|---:|---:|---:|");
     for &n in sizes {
-        let gen = if std::env::var_os("TEMP_MIX").is_some() {
-            Synthetic::new(n, 3).mixed()
-        } else {
-            Synthetic::new(n, 3)
-        };
+        let gen = Synthetic::new(n, 3);
         let table = compile_clean(&gen.objects(), &node_facts()).table;
         let elements: usize = table.sets.values().map(|s| s.elements.len()).sum();
         let repeats = if n <= 10_000 { 3 } else { 1 };
@@ -115,6 +114,60 @@ fn cold_full_sync(sizes: &[usize]) {
             "| {n} | {elements} | {cold:.2?} | {nft:.2?} | {:.1}× |",
             nft.as_secs_f64() / cold.as_secs_f64()
         );
+    }
+}
+
+/// One Service's endpoints changing, through the per-Service compiler and the engine: the
+/// time from the change reaching the engine (`upsert`) to the kernel's commit, at each size,
+/// with the compile + diff part alone. Endpoint 0 of the middle Service moves and back.
+fn service_change(sizes: &[usize]) {
+    println!();
+    println!(
+        "| Services | per-Service compile + diff | change to kernel commit | × the first size |"
+    );
+    println!("|---:|---:|---:|---:|");
+    let mut first = None;
+    for &n in sizes {
+        let node = node_facts();
+        let objects = Synthetic::new(n, 3).objects();
+        let mut state = Incremental::new(&node);
+        for obj in &objects {
+            state.upsert(obj).expect("valid");
+        }
+        let delta = state.flush();
+        let mut engine = Engine::new();
+        engine.sync_delta(state.table(), &delta).expect("full load");
+        let slice_of = |objects: &[Object]| {
+            let name = format!("svc-{}-v4", n / 2);
+            objects
+                .iter()
+                .find(|o| match &o.resource {
+                    Resource::EndpointSlice(s) => s.metadata.name.as_deref() == Some(&name),
+                    _ => false,
+                })
+                .cloned()
+                .expect("the slice")
+        };
+        let (back, moved) = (slice_of(&objects), slice_of(&moved(&objects, n / 2)));
+        drop(objects);
+        let (mut compiles, mut totals) = (Vec::new(), Vec::new());
+        for round in 0..40 {
+            let obj = if round % 2 == 0 { &moved } else { &back };
+            let t = Instant::now();
+            state.upsert(obj).expect("valid");
+            let delta = state.flush();
+            compiles.push(t.elapsed());
+            let synced = engine.sync_delta(state.table(), &delta).expect("sync");
+            totals.push(t.elapsed());
+            assert_eq!(synced.route, Route::Netlink);
+        }
+        let (compile, total) = (median(compiles), median(totals));
+        let base = *first.get_or_insert(total);
+        println!(
+            "| {n} | {compile:.2?} | {total:.2?} | {:.2}× |",
+            total.as_secs_f64() / base.as_secs_f64()
+        );
+        delete_table(state.table());
     }
 }
 
@@ -139,7 +192,7 @@ fn main() {
     println!("|---:|---:|---:|---:|");
     for &n in sizes
         .iter()
-        .filter(|_| std::env::var_os("TEMP_COLD_ONLY").is_none())
+        .filter(|_| std::env::var_os("SVC_NFT_BENCH_SKIP_DIFF").is_none())
     {
         let node = node_facts();
         let objects = Synthetic::new(n, 3).objects();
@@ -172,5 +225,6 @@ fn main() {
             median(nfts)
         );
     }
+    service_change(&sizes);
     cold_full_sync(&sizes);
 }

@@ -9,8 +9,8 @@
 //!    (their elements need nft's range encoding; there are few), and every other set declared
 //!    but empty; plus, as the first rule of every base chain, an `accept` — the gate — so that
 //!    the table decides nothing: each packet leaves its chains as if the table were not there.
-//!    `create table` makes this fail if the table appeared meanwhile. nft echoes the handles
-//!    of the gates.
+//!    `create table` makes this fail if the table appeared meanwhile. A netlink listing of
+//!    the table's rules finds the gates' handles.
 //! 2. One netlink transaction adds the other sets' elements and deletes the gates: the whole
 //!    ruleset takes effect in that one commit, or nothing does.
 //!
@@ -19,7 +19,7 @@
 //! the next start finds the table, so it is not cold: it replaces the table through nft.
 
 use crate::kernel;
-use crate::netlink::{plain, Socket};
+use crate::netlink::{plain, Batch, Socket};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use svc_nft_ir::{Chain, Data, Element, Family, Rule, Set, SetFlag, Stmt, Table, Verdict};
@@ -32,11 +32,11 @@ const GATE: &str = "svc-nft: inert until loaded";
 pub(crate) struct Loaded {
     /// The skeleton script plus the netlink batch.
     pub bytes: usize,
-    /// The skeleton: rendering it and nft loading it.
+    /// nft loading the skeleton: its process, start to exit.
     pub skeleton: Duration,
-    /// Encoding the element batch.
+    /// Encoding the elements, meanwhile.
     pub encode: Duration,
-    /// Sending the batch until the kernel acknowledged its commit.
+    /// Then finding the gates, and sending the batch until the kernel acknowledged its commit.
     pub commit: Duration,
 }
 
@@ -51,7 +51,6 @@ pub(crate) fn load(socket: &mut Socket, desired: &Table) -> Result<Option<Loaded
     if exists.map_err(|e| format!("cannot tell whether the table exists: {e}"))? {
         return Ok(None);
     }
-    let start = Instant::now();
     let netlink: BTreeSet<&str> = desired
         .sets
         .iter()
@@ -59,35 +58,38 @@ pub(crate) fn load(socket: &mut Socket, desired: &Table) -> Result<Option<Loaded
         .map(|(name, _)| name.as_str())
         .collect();
     let script = skeleton_script(desired, &netlink);
-    let _ = std::fs::write(
-        format!(
-            "/tmp/skel-{}.nft",
-            desired
-                .sets
-                .values()
-                .map(|s| s.elements.len())
-                .sum::<usize>()
-        ),
-        &script,
-    );
-    let echo = kernel::apply_echo(&script).map_err(|e| e.to_string())?;
-    let skeleton = start.elapsed();
-    // From here on the table exists: remove it again if anything fails.
-    let filled = gates(&echo, desired).and_then(|gates| {
-        let sets = netlink
-            .iter()
-            .map(|&name| (name, &desired.sets[name].elements));
-        socket
-            .fill(&desired.name, sets, &gates)
-            .map_err(|e| e.to_string())
+    // nft loads the skeleton while the elements are encoded (nft runs in a process of its
+    // own, which a thread started here forks in this thread's network namespace).
+    let ((applied, skeleton), (mut batch, encode)) = std::thread::scope(|scope| {
+        let nft = scope.spawn(|| {
+            let start = Instant::now();
+            (kernel::apply(&script), start.elapsed())
+        });
+        let start = Instant::now();
+        let mut batch = Batch::new(socket);
+        for &name in &netlink {
+            let elements = desired.sets[name].elements.iter();
+            batch.add_elements(socket, &desired.name, name, elements);
+        }
+        let encoded = (batch, start.elapsed());
+        (nft.join().expect("the nft thread does not panic"), encoded)
     });
-    match filled {
-        Ok(filled) => {
+    applied.map_err(|e| e.to_string())?;
+    // From here on the table exists: remove it again if anything fails.
+    let start = Instant::now();
+    let committed = gates(socket, desired).and_then(|gates| {
+        for (chain, handle) in gates {
+            batch.delete_rule(socket, &desired.name, chain, handle);
+        }
+        batch.commit(socket).map_err(|e| e.to_string())
+    });
+    match committed {
+        Ok(bytes) => {
             let loaded = Loaded {
-                bytes: script.len() + filled.bytes,
+                bytes: script.len() + bytes,
                 skeleton,
-                encode: filled.encode,
-                commit: filled.commit,
+                encode,
+                commit: start.elapsed(),
             };
             tracing::debug!(
                 skeleton = ?loaded.skeleton,
@@ -96,7 +98,6 @@ pub(crate) fn load(socket: &mut Socket, desired: &Table) -> Result<Option<Loaded
                 bytes = loaded.bytes,
                 "cold load"
             );
-            eprintln!("TEMP cold split: {loaded:?}");
             Ok(Some(loaded))
         }
         Err(e) => {
@@ -169,17 +170,20 @@ fn gate() -> Rule {
     Rule::new(vec![Stmt::Verdict(Verdict::Accept)]).with_comment(GATE)
 }
 
-/// The handles of the gates, `(chain, handle)`, from nft's echo of the skeleton, where each
-/// rule is a line `add rule FAMILY TABLE CHAIN … comment "…" # handle N`.
-fn gates<'t>(echo: &str, desired: &'t Table) -> Result<Vec<(&'t str, u64)>, String> {
+/// The handles of the gates, `(chain, handle)`, one per base chain, from a listing of the
+/// table's rules over netlink. (nft's `--echo` would tell them too, but echoing a large
+/// concatenated interval set takes nft 1.0.6 seconds.)
+fn gates<'t>(socket: &mut Socket, desired: &'t Table) -> Result<Vec<(&'t str, u64)>, String> {
+    let found = socket
+        .rules_with_comment(&desired.name, GATE)
+        .map_err(|e| format!("cannot list the gates: {e}"))?;
     let base = desired.chains.iter().filter(|(_, c)| c.base.is_some());
     base.map(|(chain, _)| {
-        let prefix = format!("add rule {} {} {chain} ", desired.family, desired.name);
-        echo.lines()
-            .filter(|line| line.starts_with(&prefix) && line.contains(GATE))
-            .find_map(|line| line.rsplit_once("# handle ")?.1.trim().parse().ok())
-            .map(|handle| (chain.as_str(), handle))
-            .ok_or_else(|| format!("nft echoed no handle for the gate of chain {chain}"))
+        let mut handles = found.iter().filter(|(c, _)| c == chain);
+        match (handles.next(), handles.next()) {
+            (Some((_, handle)), None) => Ok((chain.as_str(), *handle)),
+            _ => Err(format!("no single gate in chain {chain}")),
+        }
     })
     .collect()
 }
@@ -238,16 +242,5 @@ mod tests {
         assert!(script.contains("10.0.0.0/8"), "{script}");
         let gate = format!("accept comment \"{GATE}\"\n\t\treturn\n");
         assert_eq!(script.matches(&gate).count(), 1, "{script}");
-    }
-
-    #[test]
-    fn gate_handles_come_from_the_echo() {
-        let echo = "create table inet svc-nft # handle 3\n\
-            add chain inet svc-nft nat-prerouting { type nat hook prerouting priority dstnat; policy accept; } # handle 1\n\
-            add rule inet svc-nft nat-prerouting accept comment \"svc-nft: inert until loaded\" # handle 6\n\
-            add rule inet svc-nft nat-prerouting return # handle 7\n";
-        let table = table();
-        assert_eq!(gates(echo, &table).unwrap(), vec![("nat-prerouting", 6)]);
-        assert!(gates("", &table).is_err());
     }
 }

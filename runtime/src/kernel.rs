@@ -31,12 +31,6 @@ pub fn apply(script: &str) -> Result<(), NftError> {
     run(&["-f", "-"], script).map(drop)
 }
 
-/// `apply`, asking nft to echo what it sent: each command on a line, those that create an
-/// object ending in `# handle N`, the handle the kernel gave it.
-pub fn apply_echo(script: &str) -> Result<String, NftError> {
-    run(&["--echo", "--handle", "-f", "-"], script)
-}
-
 /// `nft -j list table inet NAME` as JSON, or `None` when there is no such table.
 pub fn list_table(name: &str) -> Result<Option<Value>, NftError> {
     let tables = run(&["-j", "list", "tables", "inet"], "")?;

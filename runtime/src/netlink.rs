@@ -6,9 +6,7 @@
 //! sets and maps, with value or verdict data and comments. Everything else (chains, rules,
 //! interval sets) goes through `nft -f -`. Pure Rust over libc: no libnftnl (GPL) linked.
 
-use std::collections::BTreeMap;
 use std::io;
-use std::time::{Duration, Instant};
 use svc_nft_ir::{Data, Element, Key, L4Proto, Value, Verdict};
 
 const NETLINK_NETFILTER: i32 = 12;
@@ -16,6 +14,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
@@ -33,6 +32,9 @@ const NETLINK_CAP_ACK: libc::c_int = 10;
 const BUFFER_BYTES: usize = 32 << 20;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_USERDATA: u16 = 7;
+/// nftnl's tag for a rule comment inside its user data.
+const UDATA_RULE_COMMENT: u8 = 0;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -53,17 +55,6 @@ const MAX_ELEMENTS_BYTES: usize = 48 * 1024;
 pub enum ElementOp<'a> {
     Add(&'a str, &'a [(Key, Element)]),
     Delete(&'a str, &'a [Key]),
-}
-
-/// What [`Socket::fill`] sent, and where its time went.
-#[derive(Debug, Clone, Copy)]
-pub struct Filled {
-    /// The size of the batch.
-    pub bytes: usize,
-    /// Encoding the batch.
-    pub encode: Duration,
-    /// Sending it until the kernel acknowledged every message (its commit).
-    pub commit: Duration,
 }
 
 /// A bound netfilter netlink socket, kept open between syncs.
@@ -135,7 +126,7 @@ impl Socket {
         for op in ops {
             match op {
                 ElementOp::Add(set, elems) => {
-                    batch.add_elements(self, table, set, elems.iter().map(|(k, e)| (k, Some(e))))
+                    batch.add_elements(self, table, set, elems.iter().map(|(k, e)| (k, e)))
                 }
                 ElementOp::Delete(set, keys) => {
                     batch.delete_elements(self, table, set, keys.iter())
@@ -143,35 +134,6 @@ impl Socket {
             }
         }
         batch.commit(self)
-    }
-
-    /// Fill a table that nft has just created with its sets' elements, and delete rules by
-    /// handle (`(chain, handle)`), as one transaction: the kernel applies all of it or none.
-    pub fn fill<'a>(
-        &mut self,
-        table: &str,
-        sets: impl IntoIterator<Item = (&'a str, &'a BTreeMap<Key, Element>)>,
-        delete_rules: &[(&str, u64)],
-    ) -> io::Result<Filled> {
-        let start = Instant::now();
-        let mut batch = Batch::new(self);
-        for (set, elems) in sets {
-            batch.add_elements(self, table, set, elems.iter().map(|(k, e)| (k, Some(e))));
-        }
-        for (chain, handle) in delete_rules {
-            batch.message(self, NFT_MSG_DELRULE, 0, |b| {
-                attr(b, NFTA_RULE_TABLE, &cstr(table));
-                attr(b, NFTA_RULE_CHAIN, &cstr(chain));
-                attr(b, NFTA_RULE_HANDLE, &handle.to_be_bytes());
-            });
-        }
-        let encode = start.elapsed();
-        let bytes = batch.commit(self)?;
-        Ok(Filled {
-            bytes,
-            encode,
-            commit: start.elapsed() - encode,
-        })
     }
 
     /// Whether table `inet <table>` exists: one GETTABLE request, no listing.
@@ -189,6 +151,64 @@ impl Socket {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The rules of table `inet <table>` whose comment is `comment`, as `(chain, handle)`:
+    /// one GETRULE dump of the table.
+    pub fn rules_with_comment(
+        &mut self,
+        table: &str,
+        comment: &str,
+    ) -> io::Result<Vec<(String, u64)>> {
+        let mut msg = Vec::new();
+        let seq = self.next_seq();
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE;
+        let inet = libc::NFPROTO_INET as u8;
+        header(&mut msg, kind, NLM_F_REQUEST | NLM_F_DUMP, seq, inet, 0);
+        attr(&mut msg, NFTA_RULE_TABLE, &cstr(table));
+        finish(&mut msg, 0);
+        self.send(&msg)?;
+        let mut found = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = self.recv(&mut buf)?;
+            let mut data = &buf[..n];
+            while data.len() >= 20 {
+                let len = u32::from_ne_bytes(data[..4].try_into().unwrap()) as usize;
+                let kind = u16::from_ne_bytes(data[4..6].try_into().unwrap());
+                let of = u32::from_ne_bytes(data[8..12].try_into().unwrap());
+                if len < 16 || len > data.len() {
+                    return Err(io::Error::other("nf_tables: malformed message"));
+                }
+                match kind {
+                    _ if of != seq => {} // a late answer to something else
+                    NLMSG_DONE => return Ok(found),
+                    NLMSG_ERROR => {
+                        let errno = i32::from_ne_bytes(data[16..20].try_into().unwrap());
+                        return Err(io::Error::from_raw_os_error(-errno));
+                    }
+                    _ => {
+                        let (mut chain, mut handle, mut commented) = (None, None, false);
+                        for (kind, value) in attrs(&data[20..len]) {
+                            match kind {
+                                NFTA_RULE_CHAIN => chain = value.split(|b| *b == 0).next(),
+                                NFTA_RULE_HANDLE => {
+                                    handle = value.try_into().ok().map(u64::from_be_bytes)
+                                }
+                                NFTA_RULE_USERDATA => {
+                                    commented = rule_comment(value) == Some(comment)
+                                }
+                                _ => {}
+                            }
+                        }
+                        if let (Some(chain), Some(handle), true) = (chain, handle, commented) {
+                            found.push((String::from_utf8_lossy(chain).into_owned(), handle));
+                        }
+                    }
+                }
+                data = &data[align(len).min(data.len())..];
+            }
         }
     }
 
@@ -359,15 +379,43 @@ pub(crate) fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
-/// A transaction being built: nf_tables messages between BATCH_BEGIN and BATCH_END, encoded
-/// straight into the one datagram that is sent, each message acknowledged.
-struct Batch {
+/// Attributes as (type without flags, payload).
+fn attrs(mut data: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while data.len() >= 4 {
+        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
+        let kind = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
+        if len < 4 || len > data.len() {
+            break;
+        }
+        out.push((kind, &data[4..len]));
+        data = &data[align(len).min(data.len())..];
+    }
+    out
+}
+
+/// The comment in a rule's user data (nftnl's TLVs: type, length, value), without its NUL.
+fn rule_comment(mut udata: &[u8]) -> Option<&str> {
+    while let [kind, len, rest @ ..] = udata {
+        let value = rest.get(..usize::from(*len))?;
+        if *kind == UDATA_RULE_COMMENT {
+            return std::str::from_utf8(value.strip_suffix(&[0]).unwrap_or(value)).ok();
+        }
+        udata = &rest[value.len()..];
+    }
+    None
+}
+
+/// A transaction being built on table `inet <table>`: nf_tables messages between BATCH_BEGIN
+/// and BATCH_END, encoded straight into the one datagram that is sent, each acknowledged. The
+/// kernel applies all of it or none.
+pub struct Batch {
     buf: Vec<u8>,
     acked: Vec<u32>,
 }
 
 impl Batch {
-    fn new(socket: &mut Socket) -> Batch {
+    pub fn new(socket: &mut Socket) -> Batch {
         let mut buf = Vec::new();
         let seq = socket.next_seq();
         header(
@@ -408,14 +456,25 @@ impl Batch {
         finish(&mut self.buf, start);
     }
 
-    fn add_elements<'e>(
+    /// Add elements to a plain set or map (see [`plain`]).
+    pub fn add_elements<'e>(
         &mut self,
         socket: &mut Socket,
         table: &str,
         set: &str,
-        elems: impl Iterator<Item = (&'e Key, Option<&'e Element>)>,
+        elems: impl Iterator<Item = (&'e Key, &'e Element)>,
     ) {
+        let elems = elems.map(|(k, e)| (k, Some(e)));
         self.elements(socket, NFT_MSG_NEWSETELEM, NLM_F_CREATE, table, set, elems);
+    }
+
+    /// Delete a rule by its handle.
+    pub fn delete_rule(&mut self, socket: &mut Socket, table: &str, chain: &str, handle: u64) {
+        self.message(socket, NFT_MSG_DELRULE, 0, |b| {
+            attr(b, NFTA_RULE_TABLE, &cstr(table));
+            attr(b, NFTA_RULE_CHAIN, &cstr(chain));
+            attr(b, NFTA_RULE_HANDLE, &handle.to_be_bytes());
+        });
     }
 
     fn delete_elements<'e>(
@@ -477,7 +536,7 @@ impl Batch {
     }
 
     /// Close the batch, send it and wait for every acknowledgement; the batch's size.
-    fn commit(mut self, socket: &mut Socket) -> io::Result<usize> {
+    pub fn commit(mut self, socket: &mut Socket) -> io::Result<usize> {
         let seq = socket.next_seq();
         header(
             &mut self.buf,

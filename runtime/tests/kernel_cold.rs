@@ -293,7 +293,8 @@ fn a_cluster_ip_answers_after_a_cold_sync() {
 }
 
 /// A directory holding `nft`: the real one, except that after loading a skeleton (the only
-/// load that asks for `--echo`) it SIGKILLs its caller — svc-nft, between its two steps.
+/// script that starts with `create table`) it SIGKILLs its caller — svc-nft, between its two
+/// steps.
 fn killing_nft() -> PathBuf {
     let path = std::env::var("PATH").unwrap_or_default();
     let real = std::env::split_paths(&path)
@@ -303,7 +304,15 @@ fn killing_nft() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("svc-nft-killing-nft-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = format!(
-        "#!/bin/sh\n{} \"$@\"\nrc=$?\nfor a in \"$@\"; do [ \"$a\" = --echo ] && kill -9 $PPID; done\nexit $rc\n",
+        r#"#!/bin/sh
+script=$(mktemp)
+cat > "$script"
+{} "$@" < "$script"
+rc=$?
+head -n 1 "$script" | grep -q '^create table' && kill -9 $PPID
+rm -f "$script"
+exit $rc
+"#,
         real.display()
     );
     let wrapper = dir.join("nft");
