@@ -164,6 +164,22 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
     }
 }
 
+/// nft refuses element comments longer than this (and the whole load with them).
+const MAX_COMMENT: usize = 128;
+
+/// A label as an element comment: cut to what nft accepts, on a character boundary, with an
+/// ellipsis saying so. Namespace and name can be 63 characters each, and the port name 15.
+fn element_comment(label: &str) -> String {
+    if label.len() <= MAX_COMMENT {
+        return label.to_string();
+    }
+    let mut end = MAX_COMMENT - '…'.len_utf8();
+    while !label.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &label[..end])
+}
+
 /// Writes the elements of one Service port.
 struct Elements<'a> {
     out: &'a mut Contribution,
@@ -173,7 +189,7 @@ struct Elements<'a> {
 
 impl Elements<'_> {
     fn insert(&mut self, set: &str, key: Key, data: Option<Data>, comment: bool) {
-        let comment = comment.then(|| self.sp.label.clone());
+        let comment = comment.then(|| element_comment(&self.sp.label));
         let element = Element { data, comment };
         self.out.elements.push((set.to_string(), key, element));
     }
