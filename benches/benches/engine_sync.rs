@@ -9,7 +9,8 @@
 //! - Cold full sync: `Engine::new().sync(table)` into a namespace without the table (the
 //!   engine's gated load: a skeleton through nft, the elements over netlink, one commit), side
 //!   by side with loading the same table whole with one `nft -f -` process. Median of 3 up to
-//!   10k Services, one run above.
+//!   10k Services, one run above. With `SVC_NFT_BENCH_MIX=1`, of the mixed cluster
+//!   (`Synthetic::mixed`: every Service feature, load-balancer source ranges included).
 //!
 //! ```text
 //! sudo cargo bench -p svc-nft-benches --bench engine_sync
@@ -98,13 +99,19 @@ fn cold_and_nft(table: &Table) -> (Duration, Duration) {
     (cold, nft)
 }
 
-/// Cold full syncs against nft full loads, as a Markdown table.
+/// Cold full syncs against nft full loads, as a Markdown table; of the mixed cluster with
+/// `SVC_NFT_BENCH_MIX=1`.
 fn cold_full_sync(sizes: &[usize]) {
+    let mix = std::env::var("SVC_NFT_BENCH_MIX").is_ok_and(|v| v == "1");
     println!();
+    if mix {
+        println!("Cold full sync of the mixed cluster (`Synthetic::mixed`):");
+    }
     println!("| Services | set elements | cold full sync (engine) | full load via `nft -f -` | nft / engine |");
     println!("|---:|---:|---:|---:|---:|");
     for &n in sizes {
-        let gen = Synthetic::new(n, 3);
+        let plain = Synthetic::new(n, 3);
+        let gen = if mix { plain.mixed() } else { plain };
         let table = compile_clean(&gen.objects(), &node_facts()).table;
         let elements: usize = table.sets.values().map(|s| s.elements.len()).sum();
         let repeats = if n <= 10_000 { 3 } else { 1 };
@@ -136,7 +143,9 @@ fn service_change(sizes: &[usize]) {
         }
         let delta = state.flush();
         let mut engine = Engine::new();
-        engine.sync_delta(state.table(), &delta).expect("full load");
+        engine
+            .sync_delta(state.shape(), &delta, || state.table())
+            .expect("full load");
         let slice_of = |objects: &[Object]| {
             let name = format!("svc-{}-v4", n / 2);
             objects
@@ -157,7 +166,11 @@ fn service_change(sizes: &[usize]) {
             state.upsert(obj).expect("valid");
             let delta = state.flush();
             compiles.push(t.elapsed());
-            let synced = engine.sync_delta(state.table(), &delta).expect("sync");
+            let synced = engine
+                .sync_delta(state.shape(), &delta, || {
+                    unreachable!("one change, no replace")
+                })
+                .expect("sync");
             totals.push(t.elapsed());
             assert_eq!(synced.route, Route::Netlink);
         }
@@ -167,7 +180,7 @@ fn service_change(sizes: &[usize]) {
             "| {n} | {compile:.2?} | {total:.2?} | {:.2}× |",
             total.as_secs_f64() / base.as_secs_f64()
         );
-        delete_table(state.table());
+        delete_table(state.shape());
     }
 }
 

@@ -55,7 +55,7 @@ pub fn compile(objects: &[Object], node: &NodeFacts) -> Compiled {
             continue;
         };
         let id = object_id(obj);
-        let key = (id.namespace, id.name);
+        let key: ServiceName = (id.namespace.into(), id.name.into());
         match model::service(svc) {
             Ok(_) if services.contains_key(&key) => {
                 let first = &services[&key].1.origin;
@@ -103,7 +103,7 @@ pub fn compile(objects: &[Object], node: &NodeFacts) -> Compiled {
     }
     diagnostics.extend(state.rebuild());
     Compiled {
-        table: state.into_table(),
+        table: state.table(),
         diagnostics,
     }
 }
@@ -123,7 +123,7 @@ fn mirrored(
     {
         return false;
     }
-    let key = (id.namespace.clone(), id.name.clone());
+    let key: ServiceName = (id.namespace.as_str().into(), id.name.as_str().into());
     let selected = services
         .get(&key)
         .is_some_and(|(info, _)| info.has_selector);

@@ -5,6 +5,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::net::IpAddr;
+use std::sync::Arc;
 use svc_nft_ir::L4Proto;
 
 /// Why an object is rejected: the field path and what is wrong with it.
@@ -22,7 +23,9 @@ fn invalid<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T,
 }
 
 /// `namespace/name` of a Service, the join key between Services and their endpoints.
-pub type ServiceName = (String, String);
+/// Shared strings: the same names are held by a Service, its endpoints and the claims on its
+/// frontends.
+pub type ServiceName = (Arc<str>, Arc<str>);
 
 /// How a Service is reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -340,7 +343,7 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<SliceInfo>, Invali
         });
     }
     Ok(Some(SliceInfo {
-        service: (namespace, service.clone()),
+        service: (namespace.into(), service.as_str().into()),
         ports,
         endpoints,
     }))
@@ -350,7 +353,8 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<SliceInfo>, Invali
 /// and address family; `addresses` are ready, `notReadyAddresses` are not.
 pub fn endpoints(eps: &Endpoints) -> Result<Vec<SliceInfo>, Invalid> {
     let namespace = eps.metadata.namespace.clone().unwrap_or("default".into());
-    let service = (namespace, eps.metadata.name.clone().unwrap_or_default());
+    let name = eps.metadata.name.as_deref().unwrap_or_default();
+    let service: ServiceName = (namespace.into(), name.into());
     let mut slices = Vec::new();
     for (s, subset) in eps.subsets.iter().flatten().enumerate() {
         let ports = subset_ports(s, subset.ports.iter().flatten())?;

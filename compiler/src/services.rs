@@ -15,8 +15,8 @@ use svc_nft_ir::L4Proto;
 /// Addresses and ports already taken, and by whom: two Services cannot share a frontend.
 #[derive(Default)]
 pub struct Claims {
-    cluster_ips: BTreeMap<IpAddr, String>,
-    frontends: BTreeMap<(IpAddr, L4Proto, u16), String>,
+    cluster_ips: BTreeMap<IpAddr, ServiceName>,
+    frontends: BTreeMap<(IpAddr, L4Proto, u16), ServiceName>,
 }
 
 /// What one Service compiles to.
@@ -124,7 +124,7 @@ pub fn expand(
             });
         }
     }
-    claim(&shown, ips, &ports, claims)?;
+    claim(name, ips, &ports, claims)?;
     Ok(Expanded { ports, notes })
 }
 
@@ -207,7 +207,7 @@ fn frontend_keys(ports: &[ServicePort]) -> impl Iterator<Item = (IpAddr, L4Proto
 }
 
 fn claim(
-    shown: &str,
+    name: &ServiceName,
     ips: &[IpAddr],
     ports: &[ServicePort],
     claims: &mut Claims,
@@ -218,7 +218,7 @@ fn claim(
     {
         return Err(Invalid {
             field: "spec.clusterIPs".into(),
-            message: format!("{ip} is already the cluster IP of {owner}"),
+            message: format!("{ip} is already the cluster IP of {}/{}", owner.0, owner.1),
         });
     }
     let wanted: Vec<_> = frontend_keys(ports).collect();
@@ -229,14 +229,14 @@ fn claim(
         let at = SocketAddr::new(key.0, key.2);
         return Err(Invalid {
             field: "spec".into(),
-            message: format!("{at}/{} is already used by {owner}", key.1),
+            message: format!("{at}/{} is already used by {}/{}", key.1, owner.0, owner.1),
         });
     }
     claims
         .cluster_ips
-        .extend(ips.iter().map(|ip| (*ip, shown.to_string())));
+        .extend(ips.iter().map(|ip| (*ip, name.clone())));
     claims
         .frontends
-        .extend(wanted.into_iter().map(|k| (k, shown.to_string())));
+        .extend(wanted.into_iter().map(|k| (k, name.clone())));
     Ok(())
 }

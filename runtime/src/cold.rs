@@ -12,7 +12,14 @@
 //!    `create table` makes this fail if the table appeared meanwhile. A netlink listing of
 //!    the table's rules finds the gates' handles.
 //! 2. One netlink transaction adds the other sets' elements and deletes the gates: the whole
-//!    ruleset takes effect in that one commit, or nothing does.
+//!    ruleset takes effect in that one commit, or nothing does. Its elements are encoded while
+//!    nft runs.
+//!
+//! At 100k Services × 3 endpoints (800k elements) the kernel's commit of the batch is most of
+//! the time (~1.4 s); the skeleton's nft process takes milliseconds, and tens to a few hundred
+//! with large interval sets (load-balancer source ranges). Handles are not asked of nft's
+//! `--echo`: nft 1.0.6 takes seconds to echo a large concatenated interval set (quadratic), and
+//! crashes echoing one read from a file.
 //!
 //! If step 2 fails, the skeleton is deleted (the next attempt is cold again) and the caller
 //! falls back to nft. A process killed between the two steps leaves an inert table behind;
@@ -24,7 +31,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use svc_nft_ir::{Chain, Data, Element, Family, Rule, Set, SetFlag, Stmt, Table, Verdict};
 
-/// The comment of a gate rule, by which its handle is found in nft's echo.
+/// The comment of a gate rule, by which its handle is found in a listing of the table's rules.
 const GATE: &str = "svc-nft: inert until loaded";
 
 /// What a cold load sent and where its time went.

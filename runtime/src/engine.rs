@@ -74,7 +74,7 @@ impl Engine {
                     frontends: new.frontends.difference(&old.frontends).copied().collect(),
                     endpoints: old.endpoints.difference(&new.endpoints).copied().collect(),
                 };
-                self.commit(&desired, &tx, &stale, start)
+                self.commit(&desired, &tx, &stale, start, || desired.clone())
             }
             _ => self.replace(&desired, start),
         };
@@ -84,24 +84,33 @@ impl Engine {
         synced
     }
 
-    /// Bring the kernel to `desired` by `delta`, the per-Service compiler's transaction from
-    /// the table synced before (or replace it whole, on the first sync or after a failure).
-    pub fn sync_delta(&mut self, desired: &Table, delta: &Delta) -> Result<Synced, NftError> {
+    /// Bring the kernel to the per-Service compiler's next table: apply `delta` (the
+    /// transaction from the table synced before) when it has one and the kernel is known to
+    /// hold that table; else replace the table whole with `full()`. `shape` is the table
+    /// without the Services' elements (declarations and chains: all an incremental sync reads).
+    pub fn sync_delta(
+        &mut self,
+        shape: &Table,
+        delta: &Delta,
+        full: impl FnOnce() -> Table,
+    ) -> Result<Synced, NftError> {
         let start = Instant::now();
         self.applied = None;
-        if !self.in_sync {
-            return self.replace(desired, start);
+        match &delta.transaction {
+            Some(tx) if self.in_sync => self.commit(shape, tx, &delta.udp, start, full),
+            _ => self.replace(&full(), start),
         }
-        self.commit(desired, &delta.transaction, &delta.udp, start)
     }
 
-    /// Apply `tx`, which moves the kernel from the table synced before to `desired`.
+    /// Apply `tx`, which moves the kernel from the table synced before to the next one, whose
+    /// declarations and chains `desired` has; if the kernel refuses, replace it with `full()`.
     fn commit(
         &mut self,
         desired: &Table,
         tx: &Transaction,
         stale: &UdpTargets,
         start: Instant,
+        full: impl FnOnce() -> Table,
     ) -> Result<Synced, NftError> {
         let changes = count(tx);
         let (route, sent) = match element_ops(tx, desired) {
@@ -142,7 +151,7 @@ impl Engine {
                 self.socket = None;
                 self.in_sync = false;
                 tracing::warn!(error = %e, "incremental sync refused by the kernel; replacing the table");
-                self.replace(desired, start)
+                self.replace(&full(), start)
             }
         }
     }

@@ -2,9 +2,14 @@
 //! persistent `NETLINK_NETFILTER` socket — no process, no cache refill (nft spends ~55 ms of
 //! a 58 ms element add refilling its cache at 10k Services).
 //!
+//! It also carries the cold load's element batch (see `crate::cold`): hundreds of thousands of
+//! elements, many per message, in one datagram.
+//!
 //! Only what the engine needs is encoded: NEWSETELEM / DELSETELEM of plain (non-interval)
-//! sets and maps, with value or verdict data and comments. Everything else (chains, rules,
-//! interval sets) goes through `nft -f -`. Pure Rust over libc: no libnftnl (GPL) linked.
+//! sets and maps, with value or verdict data and comments; DELRULE by handle; the IPv6
+//! affinity recorder rule; GETTABLE and a GETRULE dump to find a table and its rules.
+//! Everything else (chains, most rules, interval sets) goes through `nft -f -`. Pure Rust
+//! over libc: no libnftnl (GPL) linked.
 
 use std::io;
 use svc_nft_ir::{Data, Element, Key, L4Proto, Value, Verdict};

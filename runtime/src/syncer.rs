@@ -126,9 +126,12 @@ impl Syncer {
             self.observers.metrics.rejected_object();
             tracing::warn!("rejected: {d}");
         }
-        let table = self.state.table();
+        let state = &self.state;
         let metrics = &self.observers.metrics;
-        match self.engine.sync_delta(table, &delta) {
+        match self
+            .engine
+            .sync_delta(state.shape(), &delta, || state.table())
+        {
             Ok(s) => {
                 let partial = s.route != Route::Full;
                 tracing::info!(
@@ -158,14 +161,15 @@ impl Syncer {
                 tracing::error!(failures = self.engine.failures, "sync failed: {e}");
             }
         }
-        if delta.rebuilt {
+        if delta.transaction.is_none() {
             // A rebuild churns through memory the size of the table; give it back rather
             // than keep the peak resident.
             // SAFETY: malloc_trim only releases free heap pages.
             unsafe { libc::malloc_trim(0) };
         }
-        let (elements, chains, rules) = size(table);
-        metrics.table_size(elements, chains, rules);
+        let shape = self.state.shape();
+        let rules = shape.chains.values().map(|c| c.rules.len()).sum();
+        metrics.table_size(self.state.elements(), shape.chains.len(), rules);
         metrics.services(self.state.services());
         self.serve_health_checks();
     }
@@ -175,7 +179,7 @@ impl Syncer {
         if self.last_full.elapsed() < self.sync_period {
             return;
         }
-        match self.engine.reconcile(self.state.table()) {
+        match self.engine.reconcile(&self.state.table()) {
             Ok(drift) if drift.is_empty() => tracing::debug!("verified: no drift"),
             Ok(drift) => tracing::warn!("repaired drift: {drift}"),
             Err(e) => {
@@ -200,13 +204,6 @@ impl Syncer {
         });
         service_health.sync(desired.collect());
     }
-}
-
-/// Elements, chains and rules of a table.
-fn size(table: &svc_nft_ir::Table) -> (usize, usize, usize) {
-    let elements = table.sets.values().map(|s| s.elements.len()).sum();
-    let rules = table.chains.values().map(|c| c.rules.len()).sum();
-    (elements, table.chains.len(), rules)
 }
 
 /// Where updates come from, and which first lists must be complete before the first sync.

@@ -1,0 +1,394 @@
+//! Flushing: recompile the touched Services and turn the difference into a transaction; build
+//! the whole table when asked.
+
+use super::{Delta, Incremental, Inputs};
+use crate::chains::{self, Pick};
+use crate::diagnostic::{Diagnostic, ObjectId};
+use crate::family::{Ipf, FAMILIES};
+use crate::layout::{self, endpoints_map, Contribution, ServicePort};
+use crate::model::{Invalid, ServiceName};
+use crate::services::{self, Claims, Expanded};
+use crate::UdpTargets;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use svc_nft_ir::{diff, Chain, Data, Element, Key, L4Proto, Set, Table, Value};
+
+pub(super) type PickKey = (Ipf, L4Proto, Pick);
+pub(super) type RecorderKey = (Ipf, L4Proto, u32);
+
+/// The elements and chains a flush removed and added.
+struct Change {
+    gone: Table,
+    arrived: Table,
+}
+
+/// Whether a contribution enters or leaves the table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sign {
+    Add,
+    Remove,
+}
+
+impl Incremental {
+    /// Recompile the Services whose objects changed since the last flush.
+    pub fn flush(&mut self) -> Delta {
+        // Forget the names of deleted objects, now and then (amortised over the flushes).
+        let live = 2 * (self.services.len() + self.owners.len()) + 1024;
+        if self.strings.len() > 2 * live {
+            self.strings.retain(|s| std::sync::Arc::strong_count(s) > 1);
+        }
+        // Most Services at once (a relist): rebuilding costs less than tracking each element.
+        let many = self.touched.len() > 64 && self.touched.len() * 2 > self.services.len();
+        if !self.built || self.node_changed || many {
+            return self.rebuilt();
+        }
+        let touched = std::mem::take(&mut self.touched);
+        let mut change = Change {
+            gone: self.declarations(),
+            arrived: self.declarations(),
+        };
+        let (picks_before, recorders_before) = (self.picks.clone(), self.recorders.clone());
+        let (mut released, mut notes_changed) = (false, false);
+        for (name, old) in &touched {
+            if let Some(old) = old.as_ref().filter(|_| !self.clashed.contains(name)) {
+                let ports = self.ports_alone(name, old);
+                self.claims.release(old.info.cluster_ips(), &ports);
+                self.count(&Contribution::of(&ports), Sign::Remove, Some(&mut change));
+                released = true;
+            }
+            self.clashed.remove(name);
+            self.health.remove(name);
+            notes_changed |= self.notes.remove(name).is_some();
+            let Some(new) = self.inputs(name) else {
+                continue;
+            };
+            match self.expand(name, &new) {
+                Ok(expanded) => {
+                    notes_changed |= !expanded.notes.is_empty();
+                    self.accept(name, &new, expanded, Some(&mut change));
+                }
+                Err(_) => return self.rebuilt(),
+            }
+        }
+        if released && !self.clashed.is_empty() {
+            // A frontend freed may let a Service that lost a clash in.
+            return self.rebuilt();
+        }
+        self.chain_changes(&picks_before, &recorders_before, &mut change);
+        if notes_changed {
+            self.shape.notes = self.notes.values().flatten().cloned().collect();
+        }
+        Delta {
+            udp: self.stale_udp(&change),
+            transaction: Some(diff(&change.gone, &change.arrived)),
+            recompiled: touched.len(),
+            diagnostics: vec![],
+        }
+    }
+
+    /// The whole table as of the last flush (what a full replace loads).
+    pub fn table(&self) -> Table {
+        let mut table = self.shape.clone();
+        for name in self.services.keys() {
+            if self.clashed.contains(name) {
+                continue;
+            }
+            let inputs = self.inputs(name).expect("known");
+            let c = Contribution::of(&self.ports_alone(name, &inputs));
+            for (set, key, element) in c.elements {
+                let set = table.sets.get_mut(&set).expect("every set is declared");
+                set.elements.insert(key, element);
+            }
+        }
+        table
+    }
+
+    /// Compile everything again from the inputs, in name order (earlier names win clashes);
+    /// returns the Services left out by clashes.
+    pub(crate) fn rebuild(&mut self) -> Vec<Diagnostic> {
+        self.touched.clear();
+        self.built = true;
+        self.node_changed = false;
+        self.shape = layout::skeleton(&self.node);
+        self.clashed.clear();
+        self.claims = Claims::default();
+        self.notes.clear();
+        self.picks.clear();
+        self.recorders.clear();
+        self.hairpins.clear();
+        self.udp_endpoints.clear();
+        self.elements = 0;
+        self.health.clear();
+        let names: Vec<ServiceName> = self.services.keys().cloned().collect();
+        let mut diagnostics = Vec::new();
+        for name in &names {
+            let inputs = self.inputs(name).expect("known");
+            match self.expand(name, &inputs) {
+                Ok(expanded) => self.accept(name, &inputs, expanded, None),
+                Err(e) => {
+                    let origin = self.services[name].origin.clone();
+                    let id = ObjectId {
+                        kind: "Service".into(),
+                        namespace: name.0.to_string(),
+                        name: name.1.to_string(),
+                    };
+                    diagnostics.push(Diagnostic::new(origin, Some(id), Some(e.field), e.message));
+                }
+            }
+        }
+        for &(f, proto, pick) in self.picks.keys() {
+            let (name, chain) = chains::pick(&self.node, f, proto, pick);
+            self.shape.chains.insert(name, chain);
+        }
+        for &(f, proto, timeout) in self.recorders.keys() {
+            let (name, chain) = chains::recorder(f, proto, timeout);
+            self.shape.chains.insert(name, chain);
+        }
+        self.shape.notes = self.notes.values().flatten().cloned().collect();
+        diagnostics
+    }
+
+    /// [`Incremental::rebuild`], as a delta that replaces the table whole.
+    fn rebuilt(&mut self) -> Delta {
+        let recompiled = self.touched.len();
+        Delta {
+            diagnostics: self.rebuild(),
+            transaction: None,
+            recompiled,
+            udp: UdpTargets::default(),
+        }
+    }
+
+    /// Expand a Service, claiming its frontends; a clash marks it left out.
+    fn expand(&mut self, name: &ServiceName, inputs: &Inputs) -> Result<Expanded, Invalid> {
+        let claims = &mut self.claims;
+        let expanded = services::expand(name, &inputs.info, &inputs.slices, &self.node, claims);
+        if expanded.is_err() {
+            self.clashed.insert(name.clone());
+        }
+        expanded
+    }
+
+    /// The ports a Service compiles to, without claiming anything: what it added to the
+    /// table when it was accepted.
+    fn ports_alone(&self, name: &ServiceName, inputs: &Inputs) -> Vec<ServicePort> {
+        let mut scratch = Claims::default();
+        services::expand(name, &inputs.info, &inputs.slices, &self.node, &mut scratch)
+            .map(|e| e.ports)
+            .unwrap_or_default()
+    }
+
+    /// Put an accepted Service in: its elements, notes and health check.
+    fn accept(
+        &mut self,
+        name: &ServiceName,
+        inputs: &Inputs,
+        expanded: Expanded,
+        change: Option<&mut Change>,
+    ) {
+        if let Some(port) = inputs.info.health_check_node_port {
+            let local = expanded.ports.iter().map(|p| p.endpoints.local.len());
+            self.health
+                .insert(name.clone(), (port, local.max().unwrap_or(0)));
+        }
+        if !expanded.notes.is_empty() {
+            self.notes.insert(name.clone(), expanded.notes);
+        }
+        self.count(&Contribution::of(&expanded.ports), Sign::Add, change);
+    }
+
+    /// Count what a Service adds or removes; note in `change` what enters or leaves the
+    /// kernel's table (a shared hairpin pair only with its first or last Service).
+    fn count(&mut self, c: &Contribution, sign: Sign, mut change: Option<&mut Change>) {
+        for (set, key, element) in &c.elements {
+            if is_hairpin(set) {
+                let ip = key[0].clone();
+                let Some(ip) = ip_of(&ip) else { continue };
+                let n = self.hairpins.entry(ip).or_default();
+                let first_or_last = match sign {
+                    Sign::Add => *n == 0,
+                    Sign::Remove => *n == 1,
+                };
+                *n = if sign == Sign::Add {
+                    *n + 1
+                } else {
+                    n.saturating_sub(1)
+                };
+                if *n == 0 {
+                    self.hairpins.remove(&ip);
+                }
+                if !first_or_last {
+                    continue;
+                }
+            }
+            if is_udp_endpoints(set) {
+                count_udp(&mut self.udp_endpoints, element, sign);
+            }
+            match sign {
+                Sign::Add => self.elements += 1,
+                Sign::Remove => self.elements -= 1,
+            }
+            if let Some(change) = change.as_deref_mut() {
+                let (into, from) = match sign {
+                    Sign::Add => (&mut change.arrived, &mut change.gone),
+                    Sign::Remove => (&mut change.gone, &mut change.arrived),
+                };
+                note_element(into, from, set, key, element);
+            }
+        }
+        for pick in &c.picks {
+            bump(&mut self.picks, pick, sign);
+        }
+        for r in &c.remembers {
+            bump(&mut self.recorders, r, sign);
+        }
+    }
+
+    /// Create the chains that came into use and delete those that fell out of use.
+    fn chain_changes(
+        &mut self,
+        picks_before: &BTreeMap<PickKey, usize>,
+        recorders_before: &BTreeMap<RecorderKey, usize>,
+        change: &mut Change,
+    ) {
+        let node = &self.node;
+        let pick = |k: &PickKey| chains::pick(node, k.0, k.1, k.2);
+        let recorder = |k: &RecorderKey| chains::recorder(k.0, k.1, k.2);
+        moved_chains(picks_before, &self.picks, pick, &mut self.shape, change);
+        let (before, after) = (recorders_before, &self.recorders);
+        moved_chains(before, after, recorder, &mut self.shape, change);
+    }
+
+    /// The UDP side of a change, for the conntrack cleanup.
+    fn stale_udp(&self, change: &Change) -> UdpTargets {
+        let gone = crate::udp_targets(&change.gone);
+        let arrived = crate::udp_targets(&change.arrived);
+        UdpTargets {
+            frontends: arrived
+                .frontends
+                .difference(&gone.frontends)
+                .copied()
+                .collect(),
+            endpoints: gone
+                .endpoints
+                .into_iter()
+                .filter(|e| !self.udp_endpoints.contains_key(e))
+                .collect(),
+        }
+    }
+
+    /// The table's sets, declared but empty, and no chains: what a [`Change`] starts from.
+    fn declarations(&self) -> Table {
+        let sets = self.shape.sets.iter().map(|(name, set)| {
+            let decl = Set {
+                key: set.key.clone(),
+                data: set.data.clone(),
+                flags: set.flags.clone(),
+                timeout: set.timeout,
+                comment: set.comment.clone(),
+                elements: BTreeMap::new(),
+            };
+            (name.clone(), decl)
+        });
+        Table {
+            family: self.shape.family,
+            name: self.shape.name.clone(),
+            sets: sets.collect(),
+            ..Table::default()
+        }
+    }
+}
+
+fn is_hairpin(set: &str) -> bool {
+    static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| FAMILIES.iter().map(|f| f.name("hairpin")).collect());
+    names.iter().any(|n| n == set)
+}
+
+fn is_udp_endpoints(set: &str) -> bool {
+    static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        let maps = FAMILIES
+            .iter()
+            .flat_map(|&f| [false, true].map(|local| endpoints_map(f, L4Proto::Udp, local)));
+        maps.collect()
+    });
+    names.iter().any(|n| n == set)
+}
+
+fn ip_of(v: &Value) -> Option<std::net::IpAddr> {
+    match v {
+        Value::Ipv4(a) => Some((*a).into()),
+        Value::Ipv6(a) => Some((*a).into()),
+        _ => None,
+    }
+}
+
+fn bump<K: Ord + Clone>(counts: &mut BTreeMap<K, usize>, key: &K, sign: Sign) {
+    match sign {
+        Sign::Add => *counts.entry(key.clone()).or_default() += 1,
+        Sign::Remove => {
+            if let Some(n) = counts.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// Record an element in `into`, unless it cancels out an identical one in `from` (removed
+/// and added again within one flush).
+fn note_element(into: &mut Table, from: &mut Table, set: &str, key: &Key, element: &Element) {
+    let from_set = &mut from.sets.get_mut(set).expect("known set").elements;
+    if from_set.get(key) == Some(element) {
+        from_set.remove(key);
+        return;
+    }
+    let into_set = &mut into.sets.get_mut(set).expect("known set").elements;
+    into_set.insert(key.clone(), element.clone());
+}
+
+/// Add to the table (and to `change.arrived`) the chains now counted but not before, and
+/// remove (into `change.gone`) those counted before but not now.
+fn moved_chains<K: Ord>(
+    before: &BTreeMap<K, usize>,
+    after: &BTreeMap<K, usize>,
+    chain: impl Fn(&K) -> (String, Chain),
+    table: &mut Table,
+    change: &mut Change,
+) {
+    for key in after.keys().filter(|k| !before.contains_key(*k)) {
+        let (name, c) = chain(key);
+        table.chains.insert(name.clone(), c.clone());
+        change.arrived.chains.insert(name, c);
+    }
+    for key in before.keys().filter(|k| !after.contains_key(*k)) {
+        let (name, c) = chain(key);
+        table.chains.remove(&name);
+        change.gone.chains.insert(name, c);
+    }
+}
+
+/// Count the UDP endpoint an element of a UDP endpoints map leads to.
+fn count_udp(
+    counts: &mut std::collections::HashMap<(std::net::IpAddr, u16), usize>,
+    element: &Element,
+    sign: Sign,
+) {
+    let Some(Data::Values(v)) = &element.data else {
+        return;
+    };
+    let (Some(addr), Value::Port(port)) = (ip_of(&v[0]), &v[1]) else {
+        return;
+    };
+    let n = counts.entry((addr, *port)).or_default();
+    match sign {
+        Sign::Add => *n += 1,
+        Sign::Remove => *n = n.saturating_sub(1),
+    }
+    if *n == 0 {
+        counts.remove(&(addr, *port));
+    }
+}

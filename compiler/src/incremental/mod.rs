@@ -1,0 +1,373 @@
+//! Per-Service compilation: the node's state kept up to date as objects come and go,
+//! recompiling only the Services whose objects changed.
+//!
+//! Only the inputs are kept (validated Services and endpoints), not the compiled table: a
+//! change recompiles the Service as it was at the last flush and as it is now, subtracts the
+//! old contribution and adds the new one. Shared parts are reference-counted: the pick and
+//! affinity chains, and the hairpin pairs of endpoints two Services share. The transaction is
+//! the diff of two small tables holding only what left and what arrived, so a sync costs the
+//! size of the change, not of the cluster; the whole table is built only when asked for (a
+//! full replace).
+//!
+//! A frontend clash (two Services claiming one address and port) is resolved by name order,
+//! as [`crate::compile`] does; since that can move a Service in or out of the table, a clash —
+//! or a release while a Service waits out a clash — rebuilds everything and asks for a full
+//! replace instead.
+
+mod flush;
+
+use crate::diagnostic::{Diagnostic, ObjectId, Origin};
+use crate::layout;
+use crate::manifest::{Object, Resource};
+use crate::model::{self, Invalid, ServiceInfo, ServiceName, SliceInfo};
+use crate::node::NodeFacts;
+use crate::services::Claims;
+use crate::{object_id, UdpTargets, SKIP_MIRROR_LABEL};
+use flush::{PickKey, RecorderKey};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use svc_nft_ir::{Table, Transaction};
+
+/// A validated Service and where it came from (for diagnostics).
+#[derive(Clone, Debug)]
+pub(crate) struct Known {
+    pub info: ServiceInfo,
+    pub origin: Origin,
+}
+
+/// The endpoints one object (an EndpointSlice, or v1 Endpoints) gives a Service.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Source {
+    /// From v1 Endpoints: only used while the Service has no selector.
+    pub mirrored: bool,
+    pub slices: Vec<SliceInfo>,
+}
+
+/// `(kind, namespace, name)` of an endpoints object.
+type SourceId = (&'static str, Arc<str>, Arc<str>);
+
+/// What a Service is compiled from.
+#[derive(Clone, Debug)]
+struct Inputs {
+    info: ServiceInfo,
+    slices: Vec<SliceInfo>,
+}
+
+/// The compiled state of a node, changed one object at a time.
+pub struct Incremental {
+    node: NodeFacts,
+    services: BTreeMap<ServiceName, Known>,
+    /// Endpoints by Service, by the object that carried them (sorted; a Service has one or
+    /// two, and a map per Service would cost a kilobyte each).
+    sources: BTreeMap<ServiceName, Vec<(SourceId, Source)>>,
+    /// The Service each endpoints object feeds.
+    owners: HashMap<SourceId, ServiceName>,
+    /// Services whose objects changed since the last flush, with their inputs at that flush
+    /// (`None`: the Service did not exist).
+    touched: BTreeMap<ServiceName, Option<Inputs>>,
+    /// Whether a flush has built the table yet.
+    built: bool,
+    /// Services left out because an earlier one holds their frontend.
+    clashed: BTreeSet<ServiceName>,
+    claims: Claims,
+    notes: BTreeMap<ServiceName, Vec<String>>,
+    /// The table without the Services' elements: every set declared, and the chains.
+    shape: Table,
+    picks: BTreeMap<PickKey, usize>,
+    recorders: BTreeMap<RecorderKey, usize>,
+    /// Endpoints in the hairpin sets, and how many Service ports put each there.
+    hairpins: HashMap<IpAddr, usize>,
+    /// UDP endpoints and how many endpoint-map elements lead to each.
+    udp_endpoints: HashMap<(IpAddr, u16), usize>,
+    /// Elements the Services put in the table.
+    elements: usize,
+    /// Services with a health-check NodePort: the port and the local endpoints.
+    health: BTreeMap<ServiceName, (u16, usize)>,
+    /// The node's facts changed: the next flush rebuilds everything.
+    node_changed: bool,
+    /// Namespaces and names, each held once however many Services, endpoints and claims use
+    /// it.
+    strings: HashSet<Arc<str>>,
+}
+
+/// A Service's health-check NodePort and how many endpoints it has on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+    pub local_endpoints: usize,
+}
+
+/// What one [`Incremental::flush`] changed.
+#[derive(Debug)]
+pub struct Delta {
+    /// Moves a kernel holding the previous table to the new one; `None`: replace the table
+    /// whole (after the first flush, a clash or a change of node facts).
+    pub transaction: Option<Transaction>,
+    /// Services recompiled.
+    pub recompiled: usize,
+    /// UDP endpoints no longer used, and UDP frontends that now DNAT: what stale conntrack
+    /// entries to delete.
+    pub udp: UdpTargets,
+    /// Services left out by this flush (frontend clashes).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Incremental {
+    /// A node with no Services yet.
+    pub fn new(node: &NodeFacts) -> Incremental {
+        Incremental {
+            node: node.clone(),
+            services: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            owners: HashMap::new(),
+            touched: BTreeMap::new(),
+            built: false,
+            clashed: BTreeSet::new(),
+            claims: Claims::default(),
+            notes: BTreeMap::new(),
+            shape: layout::skeleton(node),
+            picks: BTreeMap::new(),
+            recorders: BTreeMap::new(),
+            hairpins: HashMap::new(),
+            udp_endpoints: HashMap::new(),
+            elements: 0,
+            health: BTreeMap::new(),
+            node_changed: false,
+            strings: HashSet::new(),
+        }
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(held) = self.strings.get(s) {
+            return held.clone();
+        }
+        let held: Arc<str> = s.into();
+        self.strings.insert(held.clone());
+        held
+    }
+
+    /// `namespace/name`, interned.
+    fn name_of(&mut self, namespace: &str, name: &str) -> ServiceName {
+        (self.intern(namespace), self.intern(name))
+    }
+
+    /// The table without the Services' elements (its sets declared, its chains), as of the
+    /// last flush: what a sync needs besides the transaction.
+    pub fn shape(&self) -> &Table {
+        &self.shape
+    }
+
+    /// Elements the Services put in the table, as of the last flush.
+    pub fn elements(&self) -> usize {
+        self.elements
+    }
+
+    /// Services known (valid ones).
+    pub fn services(&self) -> usize {
+        self.services.len()
+    }
+
+    /// The health-check NodePorts of the Services that have one, as of the last flush.
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        self.health
+            .iter()
+            .map(|(name, &(port, local_endpoints))| HealthCheck {
+                namespace: name.0.to_string(),
+                name: name.1.to_string(),
+                port,
+                local_endpoints,
+            })
+            .collect()
+    }
+
+    /// Change the node's facts; the next flush rebuilds everything if they differ.
+    pub fn set_node(&mut self, node: &NodeFacts) {
+        if *node != self.node {
+            self.node = node.clone();
+            self.node_changed = true;
+        }
+    }
+
+    /// Add or replace an object. An invalid one is removed (as if deleted) and reported.
+    pub fn upsert(&mut self, obj: &Object) -> Result<(), Box<Diagnostic>> {
+        let id = object_id(obj);
+        let reject = |e: Invalid| {
+            let d = Diagnostic::new(
+                obj.origin.clone(),
+                Some(id.clone()),
+                Some(e.field),
+                e.message,
+            );
+            Box::new(d)
+        };
+        match &obj.resource {
+            Resource::Service(svc) => match model::service(svc) {
+                Ok(info) => {
+                    self.set_service(info, obj.origin.clone(), id);
+                    Ok(())
+                }
+                Err(e) => {
+                    let name = self.name_of(&id.namespace, &id.name);
+                    self.remove_service(&name);
+                    Err(reject(e))
+                }
+            },
+            Resource::EndpointSlice(slice) => {
+                let (namespace, name) = self.name_of(&id.namespace, &id.name);
+                let key = ("EndpointSlice", namespace, name);
+                match model::endpoint_slice(slice) {
+                    Ok(found) => {
+                        let source = Source {
+                            mirrored: false,
+                            slices: Vec::from_iter(found),
+                        };
+                        self.set_source(key, Some(source));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.set_source(key, None);
+                        Err(reject(e))
+                    }
+                }
+            }
+            Resource::Endpoints(eps) => {
+                let (namespace, name) = self.name_of(&id.namespace, &id.name);
+                let key = ("Endpoints", namespace, name);
+                let skip = eps
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SKIP_MIRROR_LABEL))
+                    .is_some_and(|v| v == "true");
+                if skip {
+                    self.set_source(key, None);
+                    return Ok(());
+                }
+                match model::endpoints(eps) {
+                    Ok(slices) => {
+                        let source = Source {
+                            mirrored: true,
+                            slices,
+                        };
+                        self.set_source(key, Some(source));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.set_source(key, None);
+                        Err(reject(e))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forget an object. `kind`: Service, EndpointSlice or Endpoints.
+    pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) {
+        let (namespace, name) = self.name_of(namespace, name);
+        match kind {
+            "Service" => self.remove_service(&(namespace, name)),
+            "EndpointSlice" => self.set_source(("EndpointSlice", namespace, name), None),
+            "Endpoints" => self.set_source(("Endpoints", namespace, name), None),
+            _ => {}
+        }
+    }
+
+    pub(crate) fn set_service(&mut self, info: ServiceInfo, origin: Origin, id: ObjectId) {
+        let name = self.name_of(&id.namespace, &id.name);
+        if self.services.get(&name).is_some_and(|k| k.info == info) {
+            return;
+        }
+        self.touch(&name);
+        self.services.insert(name, Known { info, origin });
+    }
+
+    fn remove_service(&mut self, name: &ServiceName) {
+        if self.services.contains_key(name) {
+            self.touch(name);
+            self.services.remove(name);
+        }
+    }
+
+    /// Remember what `name` was compiled from at the last flush, before its inputs change.
+    fn touch(&mut self, name: &ServiceName) {
+        if !self.touched.contains_key(name) {
+            let inputs = self.inputs(name);
+            self.touched.insert(name.clone(), inputs);
+        }
+    }
+
+    /// What `name` compiles from now.
+    fn inputs(&self, name: &ServiceName) -> Option<Inputs> {
+        let known = self.services.get(name)?;
+        let slices = self
+            .sources
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|(_, s)| s)
+            .filter(|s| !(s.mirrored && known.info.has_selector))
+            .flat_map(|s| s.slices.iter().cloned())
+            .collect();
+        Some(Inputs {
+            info: known.info.clone(),
+            slices,
+        })
+    }
+
+    /// Add endpoints already validated (and filtered for mirroring) by [`crate::compile`].
+    pub(crate) fn add_endpoints(&mut self, obj: &Object, slices: Vec<SliceInfo>) {
+        let id = object_id(obj);
+        let kind = match obj.resource {
+            Resource::Endpoints(_) => "Endpoints",
+            _ => "EndpointSlice",
+        };
+        let source = Source {
+            mirrored: false,
+            slices,
+        };
+        let (namespace, name) = self.name_of(&id.namespace, &id.name);
+        self.set_source((kind, namespace, name), Some(source));
+    }
+
+    /// Set (or with `None` drop) the endpoints one object gives its Service. An object
+    /// carries one Service's endpoints; if it moved to another Service, both are recompiled.
+    fn set_source(&mut self, key: SourceId, mut source: Option<Source>) {
+        for slice in source.iter_mut().flat_map(|s| &mut s.slices) {
+            slice.service = self.name_of(&slice.service.0, &slice.service.1);
+        }
+        if let Some(old) = self.owners.remove(&key) {
+            let unchanged = source.as_ref().is_some_and(|s| {
+                s.slices.first().map(|x| &x.service) == Some(&old)
+                    && self.source(&old, &key) == Some(s)
+            });
+            if unchanged {
+                self.owners.insert(key, old);
+                return;
+            }
+            self.touch(&old);
+            if let Some(list) = self.sources.get_mut(&old) {
+                list.retain(|(k, _)| *k != key);
+                if list.is_empty() {
+                    self.sources.remove(&old);
+                }
+            }
+        }
+        let Some(source) = source else { return };
+        let Some(service) = source.slices.first().map(|s| s.service.clone()) else {
+            return;
+        };
+        self.touch(&service);
+        self.owners.insert(key.clone(), service.clone());
+        let list = self.sources.entry(service).or_default();
+        let at = list.partition_point(|(k, _)| *k < key);
+        list.insert(at, (key, source));
+    }
+
+    fn source(&self, service: &ServiceName, key: &SourceId) -> Option<&Source> {
+        let list = self.sources.get(service)?;
+        list.iter().find(|(k, _)| k == key).map(|(_, s)| s)
+    }
+}
