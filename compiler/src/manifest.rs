@@ -29,13 +29,28 @@ pub struct Object {
 pub fn parse(source: &str, text: &str) -> (Vec<Object>, Vec<Diagnostic>) {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
+    parse_each(source, text, &mut |o| objects.push(o), &mut |e| {
+        errors.push(e)
+    });
+    (objects, errors)
+}
+
+/// [`parse`], handing each object and error over as soon as it is read: a large file never
+/// has all its objects in memory at once.
+pub fn parse_each(
+    source: &str,
+    text: &str,
+    objects: &mut dyn FnMut(Object),
+    errors: &mut dyn FnMut(Diagnostic),
+) {
+    let mut out = Sink { objects, errors };
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let origin = Origin::document(source, index + 1);
         match Value::deserialize(document) {
             Ok(Value::Null) => {}
-            Ok(value) => read_value(origin, value, &mut objects, &mut errors),
+            Ok(value) => read_value(origin, value, &mut out),
             Err(e) => {
-                errors.push(Diagnostic::new(
+                (out.errors)(Diagnostic::new(
                     origin,
                     None,
                     None,
@@ -46,10 +61,15 @@ pub fn parse(source: &str, text: &str) -> (Vec<Object>, Vec<Diagnostic>) {
             }
         }
     }
-    (objects, errors)
 }
 
-fn read_value(origin: Origin, value: Value, out: &mut Vec<Object>, errors: &mut Vec<Diagnostic>) {
+/// Where parsed objects and errors go.
+struct Sink<'a> {
+    objects: &'a mut dyn FnMut(Object),
+    errors: &'a mut dyn FnMut(Diagnostic),
+}
+
+fn read_value(origin: Origin, value: Value, out: &mut Sink) {
     let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or_default();
     let (api_version, kind) = (field("apiVersion"), field("kind"));
     let id = ObjectId::of(kind, &value);
@@ -60,12 +80,12 @@ fn read_value(origin: Origin, value: Value, out: &mut Vec<Object>, errors: &mut 
                 Some(Value::Null) | None => vec![],
                 Some(_) => {
                     let msg = "must be a list of objects".to_string();
-                    errors.push(Diagnostic::new(origin, None, Some("items".into()), msg));
+                    (out.errors)(Diagnostic::new(origin, None, Some("items".into()), msg));
                     return;
                 }
             };
             for (i, item) in items.into_iter().enumerate() {
-                read_value(origin.item(i), item, out, errors);
+                read_value(origin.item(i), item, out);
             }
             return;
         }
@@ -84,8 +104,8 @@ fn read_value(origin: Origin, value: Value, out: &mut Vec<Object>, errors: &mut 
         }
     };
     match resource {
-        Ok(resource) => out.push(Object { origin, resource }),
-        Err((field, msg)) => errors.push(Diagnostic::new(origin, Some(id), field, msg)),
+        Ok(resource) => (out.objects)(Object { origin, resource }),
+        Err((field, msg)) => (out.errors)(Diagnostic::new(origin, Some(id), field, msg)),
     }
 }
 

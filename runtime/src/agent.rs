@@ -33,6 +33,11 @@ pub struct Agent {
 impl Agent {
     /// Run until SIGTERM or SIGINT.
     pub fn run(self) -> Result<(), String> {
+        // One malloc arena for the few threads there are: with one per thread, the memory the
+        // watcher thread frees after a large list stays resident in its arena (measured at
+        // 100k Services: 645 MB at rest with the default, 440 MB with one).
+        // SAFETY: mallopt only tunes the allocator; called before any other thread starts.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -51,50 +51,42 @@ fn scan(dir: &Path) -> BTreeMap<PathBuf, Stamp> {
         .collect()
 }
 
-/// Parse one file; what cannot be read or parsed is logged and left out.
-fn parse(path: &Path) -> BTreeMap<Key, Object> {
+/// Parse one file, handing each object to `each`; what cannot be read or parsed is logged
+/// and left out.
+fn parse(path: &Path, each: &mut dyn FnMut(Object)) {
     let source = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => {
             tracing::warn!("{source}: cannot read: {e}");
-            return BTreeMap::new();
+            return;
         }
     };
-    let (objects, errors) = manifest::parse(&source, &text);
-    for e in errors {
-        tracing::warn!("rejected: {e}");
-    }
-    objects.into_iter().map(|o| (key(&o), o)).collect()
+    manifest::parse_each(&source, &text, each, &mut |e| {
+        tracing::warn!("rejected: {e}")
+    });
 }
 
+/// The receiver is gone: stop.
+struct Closed;
+
 impl Directory {
-    /// The file whose copy of `key` counts: the first in name order; later copies are
-    /// reported.
+    /// The file whose copy of `key` counts: the first in name order.
     fn winner(&self, key: &Key) -> Option<&PathBuf> {
-        let mut copies = self
+        let mut holders = self
             .files
             .iter()
-            .filter(|(_, (_, keys))| keys.contains(key))
-            .map(|(path, _)| path);
-        let first = copies.next();
-        if let (Some(kept), Some(path)) = (first, copies.next()) {
-            tracing::warn!(
-                "rejected: {}: {} {}/{}: defined again (first in {}); this copy is ignored",
-                path.display(),
-                key.0,
-                key.1,
-                key.2,
-                kept.display()
-            );
-        }
-        first
+            .filter(|(_, (_, keys))| keys.contains(key));
+        holders.next().map(|(path, _)| path)
     }
 
-    /// Read what changed on disk; the updates that bring the sync thread up to date.
-    fn refresh(&mut self, dir: &Path) -> Vec<Update> {
+    /// Read what changed on disk, sending the updates that bring the sync thread up to date
+    /// as each object is read (a large file is never in memory whole).
+    fn refresh(&mut self, dir: &Path, tx: &Sender<Update>) -> Result<(), Closed> {
+        let send = |update| tx.send(update).map_err(|_| Closed);
         let now = scan(dir);
-        let mut touched: BTreeSet<Key> = BTreeSet::new();
+        // Keys a file stopped defining: another file's copy may count now, or none.
+        let mut orphaned: BTreeSet<Key> = BTreeSet::new();
         let gone: Vec<PathBuf> = self
             .files
             .keys()
@@ -103,60 +95,139 @@ impl Directory {
             .collect();
         for path in gone {
             let (_, keys) = self.files.remove(&path).expect("listed");
-            touched.extend(keys);
+            orphaned.extend(keys);
         }
-        let mut parsed: BTreeMap<PathBuf, BTreeMap<Key, Object>> = BTreeMap::new();
         for (path, stamp) in now {
             if self.files.get(&path).is_some_and(|(s, _)| *s == stamp) {
                 continue;
             }
-            let objects = parse(&path);
-            let keys: BTreeSet<Key> = objects.keys().cloned().collect();
-            touched.extend(keys.iter().cloned());
-            if let Some((_, old)) = self.files.insert(path.clone(), (stamp, keys)) {
-                touched.extend(old);
-            }
-            parsed.insert(path, objects);
-        }
-        let mut updates = Vec::new();
-        for key in touched {
-            let Some(path) = self.winner(&key).cloned() else {
-                let (kind, namespace, name) = key;
-                updates.push(Update::Remove {
-                    kind,
-                    namespace,
-                    name,
-                });
-                continue;
+            let (mut keys, mut result) = (BTreeSet::new(), Ok(()));
+            let earlier = |key: &Key| {
+                let before = self.files.range::<PathBuf, _>(..path.clone());
+                before
+                    .filter(|(_, (_, ks))| ks.contains(key))
+                    .map(|(p, _)| p.clone())
+                    .next()
             };
-            // A copy in an unchanged file took over (the winner's was dropped): read it again.
-            let objects = parsed.entry(path.clone()).or_insert_with(|| parse(&path));
-            if let Some(object) = objects.remove(&key) {
-                updates.push(Update::Upsert {
-                    object,
-                    trigger: None,
-                });
+            parse(&path, &mut |object| {
+                let key = key(&object);
+                match earlier(&key) {
+                    Some(first) => tracing::warn!(
+                        "rejected: {}: {} {}/{}: defined again (first in {}); this copy is ignored",
+                        path.display(),
+                        key.0,
+                        key.1,
+                        key.2,
+                        first.display()
+                    ),
+                    None if result.is_ok() => {
+                        result = send(Update::Upsert {
+                            object,
+                            trigger: None,
+                        })
+                    }
+                    None => {}
+                }
+                keys.insert(key);
+            });
+            result?;
+            if let Some((_, old)) = self.files.insert(path, (stamp, keys.clone())) {
+                orphaned.extend(old.into_iter().filter(|k| !keys.contains(k)));
             }
         }
-        updates
+        // Orphans defined elsewhere are read again from the file that now counts.
+        let mut reread: BTreeMap<PathBuf, BTreeSet<Key>> = BTreeMap::new();
+        for key in orphaned {
+            match self.winner(&key).cloned() {
+                Some(path) => {
+                    reread.entry(path).or_default().insert(key);
+                }
+                None => {
+                    let (kind, namespace, name) = key;
+                    send(Update::Remove {
+                        kind,
+                        namespace,
+                        name,
+                    })?;
+                }
+            }
+        }
+        for (path, wanted) in reread {
+            let mut result = Ok(());
+            parse(&path, &mut |object| {
+                if result.is_ok() && wanted.contains(&key(&object)) {
+                    result = send(Update::Upsert {
+                        object,
+                        trigger: None,
+                    });
+                }
+            });
+            result?;
+        }
+        Ok(())
     }
 }
 
 /// Poll `dir` every `every` until the receiver is gone.
 pub fn watch(dir: PathBuf, every: Duration, tx: Sender<Update>) {
     let mut directory = Directory::default();
-    let first = directory.refresh(&dir);
-    for update in first.into_iter().chain([Update::Listed("manifests")]) {
-        if tx.send(update).is_err() {
-            return;
-        }
+    let first = directory.refresh(&dir, &tx);
+    if first.is_err() || tx.send(Update::Listed("manifests")).is_err() {
+        return;
     }
     loop {
         std::thread::sleep(every);
-        for update in directory.refresh(&dir) {
-            if tx.send(update).is_err() {
-                return;
-            }
+        if directory.refresh(&dir, &tx).is_err() {
+            return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Service;
+
+    fn service(ip: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec: {{clusterIP: {ip}}}\n")
+    }
+
+    /// What a refresh sends: ("upsert", cluster IP) or ("remove", name).
+    fn refresh(directory: &mut Directory, dir: &Path) -> Vec<(&'static str, String)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        assert!(directory.refresh(dir, &tx).is_ok());
+        drop(tx);
+        rx.iter()
+            .map(|u| match u {
+                Update::Upsert { object, .. } => match object.resource {
+                    Resource::Service(s) => {
+                        let s: Service = *s;
+                        ("upsert", s.spec.unwrap().cluster_ip.unwrap())
+                    }
+                    _ => ("upsert", String::new()),
+                },
+                Update::Remove { name, .. } => ("remove", name),
+                _ => ("other", String::new()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_file_in_name_order_defines_an_object() {
+        let dir = std::env::temp_dir().join(format!("svc-nft-manifests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut directory = Directory::default();
+        std::fs::write(dir.join("b.yaml"), service("10.96.0.2")).unwrap();
+        assert_eq!(refresh(&mut directory, &dir), [("upsert", "10.96.0.2".into())]);
+        // An earlier file takes over; the later copy is ignored from then on.
+        std::fs::write(dir.join("a.yaml"), service("10.96.0.1")).unwrap();
+        assert_eq!(refresh(&mut directory, &dir), [("upsert", "10.96.0.1".into())]);
+        assert_eq!(refresh(&mut directory, &dir), []);
+        // It goes: the other copy counts again; both gone: the Service goes.
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        assert_eq!(refresh(&mut directory, &dir), [("upsert", "10.96.0.2".into())]);
+        std::fs::remove_file(dir.join("b.yaml")).unwrap();
+        assert_eq!(refresh(&mut directory, &dir), [("remove", "web".into())]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
