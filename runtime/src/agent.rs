@@ -46,7 +46,7 @@ impl Agent {
         let health = Arc::new(ProxyHealth::new(self.sync_period * 2));
         let observers = Observers {
             metrics: Arc::new(Metrics::new()),
-            service_health: Some(Arc::new(ServiceHealth::new(vec![], health.clone()))),
+            service_health: Arc::new(ServiceHealth::new(vec![], health.clone())),
             health,
         };
         runtime.block_on(self.serve(&observers))?;

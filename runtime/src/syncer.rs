@@ -36,8 +36,8 @@ pub enum Update {
 pub struct Observers {
     pub metrics: Arc<Metrics>,
     pub health: Arc<ProxyHealth>,
-    /// The health-check NodePorts of `externalTrafficPolicy: Local` Services, when served.
-    pub service_health: Option<Arc<ServiceHealth>>,
+    /// The health-check NodePorts of `externalTrafficPolicy: Local` Services.
+    pub service_health: Arc<ServiceHealth>,
 }
 
 pub struct Syncer {
@@ -191,9 +191,6 @@ impl Syncer {
     }
 
     fn serve_health_checks(&self) {
-        let Some(service_health) = &self.observers.service_health else {
-            return;
-        };
         let desired = self.state.health_checks().into_iter().map(|h| {
             let entry = ServiceHealthEntry {
                 namespace: h.namespace,
@@ -202,7 +199,7 @@ impl Syncer {
             };
             (h.port, entry)
         });
-        service_health.sync(desired.collect());
+        self.observers.service_health.sync(desired.collect());
     }
 }
 
@@ -220,10 +217,15 @@ pub fn run_loop(mut syncer: Syncer, source: Source, min_sync_period: Duration) {
     let mut last_sync: Option<Instant> = None;
     loop {
         // Sleep until the next change, or until a held-back sync or a repair is due.
-        let due = match (syncer.pending(), last_sync) {
-            (true, Some(at)) => min_sync_period.saturating_sub(at.elapsed()),
-            (true, None) => Duration::ZERO,
-            (false, _) => syncer.sync_period,
+        let due = if !waiting.is_empty() {
+            // Nothing may be applied before every first list: wait for updates.
+            syncer.sync_period
+        } else if syncer.pending() {
+            last_sync.map_or(Duration::ZERO, |at| {
+                min_sync_period.saturating_sub(at.elapsed())
+            })
+        } else {
+            syncer.sync_period.saturating_sub(syncer.last_full.elapsed())
         };
         let first = match source.updates.recv_timeout(due) {
             Ok(update) => Some(update),
@@ -244,12 +246,14 @@ pub fn run_loop(mut syncer: Syncer, source: Source, min_sync_period: Duration) {
                 }
             }
         }
+        if !waiting.is_empty() {
+            continue;
+        }
         let held_back = last_sync.is_some_and(|at| at.elapsed() < min_sync_period);
-        if waiting.is_empty() && syncer.pending() && !held_back {
+        if syncer.pending() && !held_back {
             syncer.sync();
             last_sync = Some(Instant::now());
-        } else if !syncer.pending() {
-            syncer.repair_if_due();
         }
+        syncer.repair_if_due();
     }
 }

@@ -7,11 +7,12 @@ mod netns;
 
 use fakeapi::FakeApi;
 use netns::cluster::{Cluster, CIDRS};
-use netns::{tcp, Netns, Outcome};
+use netns::{eventually, tcp, Netns, Outcome};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The agent, in the node namespace, watching `api`; killed on drop.
@@ -22,7 +23,10 @@ struct Agent {
 
 impl Agent {
     fn start(node: &Netns, api: &FakeApi) -> Agent {
-        let kubeconfig = std::env::temp_dir().join(format!("svc-nft-kube-{}", std::process::id()));
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let name = format!("svc-nft-kube-{}-{n}", std::process::id());
+        let kubeconfig = std::env::temp_dir().join(name);
         let config = format!(
             "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
              clusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\n\
@@ -57,23 +61,30 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// SIGTERM, and wait (at most 5 s) for a clean exit.
+    fn terminate(&mut self) {
+        // SAFETY: kill(2) on the child this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            match self.child.try_wait().expect("wait") {
+                Some(status) => {
+                    assert!(status.success(), "exit after SIGTERM: {status}");
+                    return;
+                }
+                None if start.elapsed() > Duration::from_secs(5) => panic!("no exit on SIGTERM"),
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.kubeconfig);
-    }
-}
-
-/// Poll until `check` holds (at most 15 s).
-fn eventually(what: &str, check: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "never happened: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -131,21 +142,27 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
+/// The lab, and a fake API server listening inside its node namespace.
+fn cluster_with_api() -> (Cluster, FakeApi) {
+    let k = Cluster::new("", CIDRS);
+    let listener = k.lab.node.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let api = FakeApi::serve(listener);
+    (k, api)
+}
+
 #[test]
 fn the_agent_follows_the_api_server() {
     if !netns::require() {
         return;
     }
-    let k = Cluster::new("", CIDRS);
+    let (k, api) = cluster_with_api();
     let node = &k.lab.node;
-    let listener = node.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
-    let api = FakeApi::serve(listener);
     api.apply(json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "z1"}},
         "status": {"addresses": [{"type": "InternalIP", "address": "198.51.100.1"}]}
     }));
-    let _agent = Agent::start(node, &api);
+    let mut agent = Agent::start(node, &api);
     let c1 = k.ns(k.c1);
     let vip = "10.96.5.1:80".parse().unwrap();
     let connect = || tcp(c1, vip, Duration::from_millis(500));
@@ -247,10 +264,8 @@ fn health_check_node_ports_follow_local_endpoints() {
     if !netns::require() {
         return;
     }
-    let k = Cluster::new("", CIDRS);
+    let (k, api) = cluster_with_api();
     let node = &k.lab.node;
-    let listener = node.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
-    let api = FakeApi::serve(listener);
     let _agent = Agent::start(node, &api);
     let lb = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
                              "healthCheckNodePort": 30100,

@@ -4,7 +4,7 @@
 mod netns;
 
 use netns::cluster::{answers, pairs, Cluster, CIDRS};
-use netns::{tcp, Netns, Outcome};
+use netns::{eventually, tcp, Netns, Outcome};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,18 +169,6 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Poll until `check` holds (at most 10 s).
-fn eventually(what: &str, check: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never happened: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

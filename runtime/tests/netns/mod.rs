@@ -79,6 +79,18 @@ fn sweep_stale() {
     }
 }
 
+/// Poll `check` until it holds; panics naming `what` after 15 s.
+pub fn eventually(what: &str, check: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "never happened: {what}"
+        );
+        thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A network namespace named `svcnft-<pid>-<counter>-<tag>`, deleted on drop.
 pub struct Netns {
     pub name: String,
