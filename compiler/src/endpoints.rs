@@ -43,7 +43,9 @@ pub fn choose(slices: &[SliceInfo], v6: bool, port: &Port, node: &NodeFacts) -> 
         .filter(|(ep, _)| ep.ip.is_ipv6() == v6)
         .collect();
     let fallback = |ep: &EndpointInfo| ep.serving && ep.terminating;
-    let is_local = |ep: &EndpointInfo| node.node_name.is_some() && ep.node_name == node.node_name;
+    let is_local = |ep: &EndpointInfo| {
+        node.node_name.is_some() && ep.node_name.as_deref() == node.node_name.as_deref()
+    };
     let pick = |keep: &dyn Fn(&EndpointInfo) -> bool| -> BTreeSet<Backend> {
         candidates
             .iter()
@@ -75,7 +77,7 @@ fn in_zone<'a>(
     candidates: &[(&EndpointInfo, u16)],
     node: &'a NodeFacts,
 ) -> impl Fn(&EndpointInfo) -> bool + 'a {
-    let hinted = |ep: &EndpointInfo, zone: &str| ep.zones.iter().flatten().any(|z| z == zone);
+    let hinted = |ep: &EndpointInfo, zone: &str| ep.zones.iter().flatten().any(|z| &**z == zone);
     let ready = || candidates.iter().map(|(ep, _)| *ep).filter(|ep| ep.ready);
     let usable = node.zone.as_deref().is_some_and(|zone| {
         ready().all(|ep| ep.zones.is_some()) && ready().any(|ep| hinted(ep, zone))

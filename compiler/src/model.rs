@@ -105,14 +105,14 @@ pub struct EndpointInfo {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub node_name: Option<String>,
+    pub node_name: Option<Arc<str>>,
     /// `hints.forZones`; `None` when the endpoint has no zone hints.
-    pub zones: Option<Vec<String>>,
+    pub zones: Option<Box<[Arc<str>]>>,
 }
 
 impl EndpointInfo {
     /// A ready endpoint of v1 Endpoints, which carry no other conditions.
-    fn plain(ip: IpAddr, ready: bool, node_name: Option<String>) -> EndpointInfo {
+    fn plain(ip: IpAddr, ready: bool, node_name: Option<Arc<str>>) -> EndpointInfo {
         EndpointInfo {
             ip,
             ready,
@@ -338,8 +338,8 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<SliceInfo>, Invali
             ready,
             serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-            node_name: ep.node_name.clone(),
-            zones: zones.map(|z| z.iter().map(|z| z.name.clone()).collect()),
+            node_name: ep.node_name.as_deref().map(Arc::from),
+            zones: zones.map(|z| z.iter().map(|z| Arc::from(z.name.as_str())).collect()),
         });
     }
     Ok(Some(SliceInfo {
@@ -371,7 +371,8 @@ pub fn endpoints(eps: &Endpoints) -> Result<Vec<SliceInfo>, Invalid> {
                     ..
                 } = address;
                 let addr = ip(format!("subsets[{s}].{list}[{a}].ip"), text)?;
-                let endpoint = EndpointInfo::plain(addr, ready, node_name.clone());
+                let node_name = node_name.as_deref().map(Arc::from);
+                let endpoint = EndpointInfo::plain(addr, ready, node_name);
                 by_family[usize::from(addr.is_ipv6())].push(endpoint);
             }
         }

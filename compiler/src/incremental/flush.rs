@@ -33,12 +33,12 @@ impl Incremental {
     /// Recompile the Services whose objects changed since the last flush.
     pub fn flush(&mut self) -> Delta {
         // Forget the names of deleted objects, now and then (amortised over the flushes).
-        let live = 2 * (self.services.len() + self.owners.len()) + 1024;
+        let live = 2 * (self.services + self.owners.len()) + 1024;
         if self.strings.len() > 2 * live {
             self.strings.retain(|s| std::sync::Arc::strong_count(s) > 1);
         }
         // Most Services at once (a relist): rebuilding costs less than tracking each element.
-        let many = self.touched.len() > 64 && self.touched.len() * 2 > self.services.len();
+        let many = self.touched.len() > 64 && self.touched.len() * 2 > self.services;
         if !self.built || self.node_changed || many {
             return self.rebuilt();
         }
@@ -89,7 +89,7 @@ impl Incremental {
     /// The whole table as of the last flush (what a full replace loads).
     pub fn table(&self) -> Table {
         let mut table = self.shape.clone();
-        for name in self.services.keys() {
+        for name in self.names() {
             if self.clashed.contains(name) {
                 continue;
             }
@@ -119,14 +119,14 @@ impl Incremental {
         self.udp_endpoints.clear();
         self.elements = 0;
         self.health.clear();
-        let names: Vec<ServiceName> = self.services.keys().cloned().collect();
+        let names: Vec<ServiceName> = self.names().cloned().collect();
         let mut diagnostics = Vec::new();
         for name in &names {
             let inputs = self.inputs(name).expect("known");
             match self.expand(name, &inputs) {
                 Ok(expanded) => self.accept(name, &inputs, expanded, None),
                 Err(e) => {
-                    let origin = self.services[name].origin.clone();
+                    let origin = self.known(name).expect("named").origin.clone();
                     let id = ObjectId {
                         kind: "Service".into(),
                         namespace: name.0.to_string(),
@@ -373,7 +373,7 @@ fn moved_chains<K: Ord>(
 
 /// Count the UDP endpoint an element of a UDP endpoints map leads to.
 fn count_udp(
-    counts: &mut std::collections::HashMap<(std::net::IpAddr, u16), usize>,
+    counts: &mut std::collections::HashMap<(std::net::IpAddr, u16), u32>,
     element: &Element,
     sign: Sign,
 ) {

@@ -47,6 +47,15 @@ pub(crate) struct Source {
 /// `(kind, namespace, name)` of an endpoints object.
 type SourceId = (&'static str, Arc<str>, Arc<str>);
 
+/// What is known under one Service name (one map for both keeps a name's cost down: at 100k
+/// Services every map entry counts).
+#[derive(Debug, Default)]
+struct Entry {
+    known: Option<Box<Known>>,
+    /// By the object that carried them, sorted (a Service has one or two).
+    sources: Vec<(SourceId, Source)>,
+}
+
 /// What a Service is compiled from.
 #[derive(Clone, Debug)]
 struct Inputs {
@@ -57,10 +66,10 @@ struct Inputs {
 /// The compiled state of a node, changed one object at a time.
 pub struct Incremental {
     node: NodeFacts,
-    services: BTreeMap<ServiceName, Known>,
-    /// Endpoints by Service, by the object that carried them (sorted; a Service has one or
-    /// two, and a map per Service would cost a kilobyte each).
-    sources: BTreeMap<ServiceName, Vec<(SourceId, Source)>>,
+    /// By Service name: the Service, and the endpoints objects that name it.
+    entries: BTreeMap<ServiceName, Entry>,
+    /// Entries with a Service.
+    services: usize,
     /// The Service each endpoints object feeds.
     owners: HashMap<SourceId, ServiceName>,
     /// Services whose objects changed since the last flush, with their inputs at that flush
@@ -77,9 +86,9 @@ pub struct Incremental {
     picks: BTreeMap<PickKey, usize>,
     recorders: BTreeMap<RecorderKey, usize>,
     /// Endpoints in the hairpin sets, and how many Service ports put each there.
-    hairpins: HashMap<IpAddr, usize>,
+    hairpins: HashMap<IpAddr, u32>,
     /// UDP endpoints and how many endpoint-map elements lead to each.
-    udp_endpoints: HashMap<(IpAddr, u16), usize>,
+    udp_endpoints: HashMap<(IpAddr, u16), u32>,
     /// Elements the Services put in the table.
     elements: usize,
     /// Services with a health-check NodePort: the port and the local endpoints.
@@ -120,8 +129,8 @@ impl Incremental {
     pub fn new(node: &NodeFacts) -> Incremental {
         Incremental {
             node: node.clone(),
-            services: BTreeMap::new(),
-            sources: BTreeMap::new(),
+            entries: BTreeMap::new(),
+            services: 0,
             owners: HashMap::new(),
             touched: BTreeMap::new(),
             built: false,
@@ -167,7 +176,7 @@ impl Incremental {
 
     /// Services known (valid ones).
     pub fn services(&self) -> usize {
-        self.services.len()
+        self.services
     }
 
     /// The health-check NodePorts of the Services that have one, as of the last flush.
@@ -277,18 +286,41 @@ impl Incremental {
 
     pub(crate) fn set_service(&mut self, info: ServiceInfo, origin: Origin, id: ObjectId) {
         let name = self.name_of(&id.namespace, &id.name);
-        if self.services.get(&name).is_some_and(|k| k.info == info) {
+        if self.known(&name).is_some_and(|k| k.info == info) {
             return;
         }
         self.touch(&name);
-        self.services.insert(name, Known { info, origin });
+        let entry = self.entries.entry(name).or_default();
+        if entry
+            .known
+            .replace(Box::new(Known { info, origin }))
+            .is_none()
+        {
+            self.services += 1;
+        }
     }
 
     fn remove_service(&mut self, name: &ServiceName) {
-        if self.services.contains_key(name) {
-            self.touch(name);
-            self.services.remove(name);
+        if self.known(name).is_none() {
+            return;
         }
+        self.touch(name);
+        let entry = self.entries.get_mut(name).expect("known");
+        entry.known = None;
+        self.services -= 1;
+        if entry.sources.is_empty() {
+            self.entries.remove(name);
+        }
+    }
+
+    fn known(&self, name: &ServiceName) -> Option<&Known> {
+        self.entries.get(name)?.known.as_deref()
+    }
+
+    /// The Services, in name order.
+    fn names(&self) -> impl Iterator<Item = &ServiceName> {
+        let known = self.entries.iter().filter(|(_, e)| e.known.is_some());
+        known.map(|(name, _)| name)
     }
 
     /// Remember what `name` was compiled from at the last flush, before its inputs change.
@@ -301,12 +333,11 @@ impl Incremental {
 
     /// What `name` compiles from now.
     fn inputs(&self, name: &ServiceName) -> Option<Inputs> {
-        let known = self.services.get(name)?;
-        let slices = self
+        let entry = self.entries.get(name)?;
+        let known = entry.known.as_ref()?;
+        let slices = entry
             .sources
-            .get(name)
-            .into_iter()
-            .flatten()
+            .iter()
             .map(|(_, s)| s)
             .filter(|s| !(s.mirrored && known.info.has_selector))
             .flat_map(|s| s.slices.iter().cloned())
@@ -337,6 +368,12 @@ impl Incremental {
     fn set_source(&mut self, key: SourceId, mut source: Option<Source>) {
         for slice in source.iter_mut().flat_map(|s| &mut s.slices) {
             slice.service = self.name_of(&slice.service.0, &slice.service.1);
+            for ep in &mut slice.endpoints {
+                ep.node_name = ep.node_name.as_deref().map(|n| self.intern(n));
+                for zone in ep.zones.iter_mut().flat_map(|z| z.iter_mut()) {
+                    *zone = self.intern(zone);
+                }
+            }
         }
         if let Some(old) = self.owners.remove(&key) {
             let unchanged = source.as_ref().is_some_and(|s| {
@@ -348,10 +385,10 @@ impl Incremental {
                 return;
             }
             self.touch(&old);
-            if let Some(list) = self.sources.get_mut(&old) {
-                list.retain(|(k, _)| *k != key);
-                if list.is_empty() {
-                    self.sources.remove(&old);
+            if let Some(entry) = self.entries.get_mut(&old) {
+                entry.sources.retain(|(k, _)| *k != key);
+                if entry.sources.is_empty() && entry.known.is_none() {
+                    self.entries.remove(&old);
                 }
             }
         }
@@ -361,13 +398,13 @@ impl Incremental {
         };
         self.touch(&service);
         self.owners.insert(key.clone(), service.clone());
-        let list = self.sources.entry(service).or_default();
+        let list = &mut self.entries.entry(service).or_default().sources;
         let at = list.partition_point(|(k, _)| *k < key);
         list.insert(at, (key, source));
     }
 
     fn source(&self, service: &ServiceName, key: &SourceId) -> Option<&Source> {
-        let list = self.sources.get(service)?;
+        let list = &self.entries.get(service)?.sources;
         list.iter().find(|(k, _)| k == key).map(|(_, s)| s)
     }
 }
