@@ -7,16 +7,17 @@
 //!   in the kernel yet is loaded cold (module `cold`).
 //! - Later syncs: a transaction from the previous table — the per-Service compiler's
 //!   [`Delta`] ([`Engine::sync_delta`]), or `diff(applied, desired)` ([`Engine::sync`], which
-//!   keeps a copy of the applied table) — over the netlink socket when it only changes
-//!   elements, else through `nft -f -`. If the kernel refuses it, nothing changed (nftables
-//!   commits all or nothing): the failure is counted and a full replace follows. After it,
-//!   stale UDP conntrack entries are deleted.
+//!   keeps a copy of the applied table) — over the netlink socket as one batch when every
+//!   command of it can be (elements of plain sets, regular chains created, flushed and
+//!   deleted, rules the encoder knows), else through `nft -f -`. If the kernel refuses it,
+//!   nothing changed (nftables commits all or nothing): the failure is counted and a full
+//!   replace follows. After it, stale UDP conntrack entries are deleted.
 //! - `reconcile`: a full replace that reports how the kernel's copy differed before it — what
 //!   `svc-nft apply` changed, or drift such as a flushed chain, a deleted element or table.
 
 use crate::conntrack;
 use crate::kernel::{self, Changes, Inventory, NftError};
-use crate::netlink::{self, plain, ElementOp};
+use crate::netlink::{self, encode_rule, plain, recorder_rule};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use svc_nft_compiler::{affinity_recorders, udp_targets, Delta, UdpTargets};
@@ -27,9 +28,10 @@ use svc_nft_ir::{diff, replace_script, Data, Op, SetFlag, Stmt, Table, Transacti
 pub enum Route {
     /// The whole table replaced.
     Full,
-    /// Element changes only, over the netlink socket.
+    /// One batch over the netlink socket: element changes, regular chains and their rules.
     Netlink,
-    /// A diff with chains, rules or interval sets, through `nft -f -`.
+    /// Through `nft -f -`: a diff the netlink encoder does not take (sets created or deleted,
+    /// base chains, interval sets, statements it does not know).
     Nft,
 }
 
@@ -113,12 +115,17 @@ impl Engine {
         full: impl FnOnce() -> Table,
     ) -> Result<Synced, NftError> {
         let changes = count(tx);
-        let (route, sent) = match element_ops(tx, desired) {
+        let ops = if tx.is_empty() {
+            Some(vec![])
+        } else {
+            netlink_ops(tx, desired)
+        };
+        let (route, sent) = match ops {
+            Some(ops) if ops.is_empty() => (Route::Netlink, Ok(0)),
             Some(ops) => {
-                let sent = self.send_elements(&desired.name, &ops);
+                let sent = self.send_batch(&desired.name, &ops);
                 (Route::Netlink, sent.map_err(|e| e.to_string()))
             }
-            None if tx.is_empty() => (Route::Netlink, Ok(0)),
             None => {
                 let script = tx.to_string();
                 let sent = kernel::apply(&script).map(|()| script.len());
@@ -127,15 +134,11 @@ impl Engine {
         };
         match sent {
             Ok(bytes) => {
-                let created: BTreeSet<&str> = tx
-                    .ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        Op::AddChain(name, _) => Some(name.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                self.install_recorders(desired, |chain| created.contains(chain));
+                // The netlink batch held the recorders of the chains it created.
+                if route == Route::Nft {
+                    let created = created_chains(tx);
+                    self.install_recorders(desired, |chain| created.contains(chain));
+                }
                 Ok(Synced {
                     route,
                     changes,
@@ -304,15 +307,15 @@ impl Engine {
             Some(socket) => Ok(socket),
             empty => netlink::Socket::open().map(|s| empty.insert(s)),
         };
-        let added = socket.and_then(|s| s.add_affinity_recorders(&desired.name, &recorders));
+        let added = socket.and_then(|s| s.add_affinity_recorders(desired, &recorders));
         if let Err(e) = added {
             self.socket = None;
             tracing::warn!("IPv6 session affinity is not recorded: {e}");
         }
     }
 
-    /// Send element changes over the persistent netlink socket; returns the batch's size.
-    fn send_elements(&mut self, table: &str, ops: &[ElementOp]) -> std::io::Result<usize> {
+    /// Send commands over the persistent netlink socket as one batch; returns its size.
+    fn send_batch(&mut self, table: &str, ops: &[netlink::Op]) -> std::io::Result<usize> {
         let socket = match &mut self.socket {
             Some(socket) => socket,
             empty => empty.insert(netlink::Socket::open()?),
@@ -321,29 +324,60 @@ impl Engine {
     }
 }
 
-/// The transaction as netlink element commands, when that is all it is (no chains, rules or
-/// sets) and every element is plain (interval sets take nft's range encoding).
-fn element_ops<'t>(tx: &'t Transaction, desired: &Table) -> Option<Vec<ElementOp<'t>>> {
+/// The chains a transaction creates.
+fn created_chains(tx: &Transaction) -> BTreeSet<&str> {
+    let created = tx.ops.iter().filter_map(|op| match op {
+        Op::AddChain(name, _) => Some(name.as_str()),
+        _ => None,
+    });
+    created.collect()
+}
+
+/// The transaction as one netlink batch, when every command of it can be: elements of plain
+/// sets (interval sets take nft's range encoding), regular chains created, flushed or deleted
+/// (a base chain is never created incrementally), rules the encoder knows — plus the IPv6
+/// affinity recorder rules of the chains it creates, which nft cannot compile. `desired`
+/// declares the sets the rules read.
+fn netlink_ops<'t>(tx: &'t Transaction, desired: &Table) -> Option<Vec<netlink::Op<'t>>> {
+    use netlink::Op as Nl;
     let plain_set = |name: &str| {
         desired
             .sets
             .get(name)
             .is_some_and(|s| !s.flags.contains(&SetFlag::Interval))
     };
-    tx.ops
+    let mut ops = tx
+        .ops
         .iter()
         .map(|op| match op {
             Op::AddElements(set, elems)
                 if plain_set(set) && elems.iter().all(|(k, e)| plain(k) && plain_data(e)) =>
             {
-                Some(ElementOp::Add(set, elems))
+                Some(Nl::AddElements(set, elems))
             }
             Op::DeleteElements(set, keys) if plain_set(set) && keys.iter().all(|k| plain(k)) => {
-                Some(ElementOp::Delete(set, keys))
+                Some(Nl::DeleteElements(set, keys))
             }
+            Op::AddChain(name, chain) if chain.base.is_none() => Some(Nl::AddChain(name)),
+            Op::FlushChain(name) => Some(Nl::FlushChain(name)),
+            Op::DeleteChain(name) => Some(Nl::DeleteChain(name)),
+            Op::AddRule(chain, rule) => encode_rule(rule, desired).map(|r| Nl::AddRule(chain, r)),
             _ => None,
         })
-        .collect()
+        .collect::<Option<Vec<_>>>()?;
+    let created = created_chains(tx);
+    if !created.is_empty() {
+        for rec in affinity_recorders(desired) {
+            let Some(chain) = created.get(rec.chain.as_str()) else {
+                continue;
+            };
+            ops.push(Nl::AddRule(
+                chain,
+                encode_rule(&recorder_rule(&rec), desired)?,
+            ));
+        }
+    }
+    Some(ops)
 }
 
 fn plain_data(e: &svc_nft_ir::Element) -> bool {

@@ -218,14 +218,23 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut directory = Directory::default();
         std::fs::write(dir.join("b.yaml"), service("10.96.0.2")).unwrap();
-        assert_eq!(refresh(&mut directory, &dir), [("upsert", "10.96.0.2".into())]);
+        assert_eq!(
+            refresh(&mut directory, &dir),
+            [("upsert", "10.96.0.2".into())]
+        );
         // An earlier file takes over; the later copy is ignored from then on.
         std::fs::write(dir.join("a.yaml"), service("10.96.0.1")).unwrap();
-        assert_eq!(refresh(&mut directory, &dir), [("upsert", "10.96.0.1".into())]);
+        assert_eq!(
+            refresh(&mut directory, &dir),
+            [("upsert", "10.96.0.1".into())]
+        );
         assert_eq!(refresh(&mut directory, &dir), []);
         // It goes: the other copy counts again; both gone: the Service goes.
         std::fs::remove_file(dir.join("a.yaml")).unwrap();
-        assert_eq!(refresh(&mut directory, &dir), [("upsert", "10.96.0.2".into())]);
+        assert_eq!(
+            refresh(&mut directory, &dir),
+            [("upsert", "10.96.0.2".into())]
+        );
         std::fs::remove_file(dir.join("b.yaml")).unwrap();
         assert_eq!(refresh(&mut directory, &dir), [("remove", "web".into())]);
         std::fs::remove_dir_all(&dir).unwrap();

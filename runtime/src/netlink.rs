@@ -1,16 +1,21 @@
-//! The incremental fast path: set-element changes sent as one nf_tables batch over a
-//! persistent `NETLINK_NETFILTER` socket — no process, no cache refill (nft spends ~55 ms of
-//! a 58 ms element add refilling its cache at 10k Services).
+//! The incremental fast path: a sync's changes sent as one nf_tables batch over a persistent
+//! `NETLINK_NETFILTER` socket — no process, no cache refill (nft spends ~55 ms of a 58 ms
+//! element add refilling its cache at 10k Services).
 //!
 //! It also carries the cold load's element batch (see `crate::cold`): hundreds of thousands of
 //! elements, many per message, in one datagram.
 //!
 //! Only what the engine needs is encoded: NEWSETELEM / DELSETELEM of plain (non-interval)
-//! sets and maps, with value or verdict data and comments; DELRULE by handle; the IPv6
-//! affinity recorder rule; GETTABLE and a GETRULE dump to find a table and its rules.
-//! Everything else (chains, most rules, interval sets) goes through `nft -f -`. Pure Rust
-//! over libc: no libnftnl (GPL) linked.
+//! sets and maps, with value or verdict data and comments; NEWCHAIN / DELCHAIN of regular
+//! chains; NEWRULE with the expressions of the rules svc-nft's chains hold (module `rules`,
+//! the IPv6 affinity recorder included); DELRULE by handle or of a whole chain (a flush);
+//! GETTABLE and a GETRULE dump to find a table and its rules. Everything else (sets created or
+//! deleted, base chains, interval sets) goes through `nft -f -`. Pure Rust over libc: no
+//! libnftnl (GPL) linked.
 
+mod rules;
+
+pub use rules::{encode_rule, recorder_rule, EncodedRule};
 use std::io;
 use svc_nft_ir::{Data, Element, Key, L4Proto, Value, Verdict};
 
@@ -19,6 +24,9 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSETELEM: u16 = 12;
@@ -27,6 +35,7 @@ pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 pub(crate) const NLM_F_ACK: u16 = 0x4;
 pub(crate) const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
 pub(crate) const NLMSG_ERROR: u16 = 2;
 pub(crate) const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
@@ -36,7 +45,12 @@ const NETLINK_CAP_ACK: libc::c_int = 10;
 /// send buffer to its own size.
 const BUFFER_BYTES: usize = 32 << 20;
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
 /// nftnl's tag for a rule comment inside its user data.
 const UDATA_RULE_COMMENT: u8 = 0;
@@ -56,10 +70,19 @@ const UDATA_SET_ELEM_COMMENT: u8 = 0;
 /// Attribute lengths are 16 bits: keep each message's element list well below.
 const MAX_ELEMENTS_BYTES: usize = 48 * 1024;
 
-/// One set-element command of a batch.
-pub enum ElementOp<'a> {
-    Add(&'a str, &'a [(Key, Element)]),
-    Delete(&'a str, &'a [Key]),
+/// One command of a batch.
+pub enum Op<'a> {
+    /// Add elements to a plain set or map (see [`plain`]).
+    AddElements(&'a str, &'a [(Key, Element)]),
+    DeleteElements(&'a str, &'a [Key]),
+    /// Create a regular chain, empty.
+    AddChain(&'a str),
+    /// Delete a chain (it must hold no rules and be referred to by none).
+    DeleteChain(&'a str),
+    /// Delete every rule of a chain.
+    FlushChain(&'a str),
+    /// Append a rule to a chain.
+    AddRule(&'a str, EncodedRule),
 }
 
 /// A bound netfilter netlink socket, kept open between syncs.
@@ -126,16 +149,20 @@ impl Socket {
     /// Send the commands as one transaction on table `inet <table>` (svc-nft's tables are all
     /// `inet`); the kernel applies all of them or none.
     /// Returns the size of the batch sent.
-    pub fn apply(&mut self, table: &str, ops: &[ElementOp]) -> io::Result<usize> {
+    pub fn apply(&mut self, table: &str, ops: &[Op]) -> io::Result<usize> {
         let mut batch = Batch::new(self);
         for op in ops {
             match op {
-                ElementOp::Add(set, elems) => {
+                Op::AddElements(set, elems) => {
                     batch.add_elements(self, table, set, elems.iter().map(|(k, e)| (k, e)))
                 }
-                ElementOp::Delete(set, keys) => {
+                Op::DeleteElements(set, keys) => {
                     batch.delete_elements(self, table, set, keys.iter())
                 }
+                Op::AddChain(chain) => batch.add_chain(self, table, chain),
+                Op::DeleteChain(chain) => batch.delete_chain(self, table, chain),
+                Op::FlushChain(chain) => batch.flush_chain(self, table, chain),
+                Op::AddRule(chain, rule) => batch.add_rule(self, table, chain, rule),
             }
         }
         batch.commit(self)
@@ -215,16 +242,6 @@ impl Socket {
                 data = &data[align(len).min(data.len())..];
             }
         }
-    }
-
-    /// Send nf_tables messages `(type, extra flags, payload)` between BATCH_BEGIN and
-    /// BATCH_END, each acknowledged; returns the size of the batch sent.
-    fn transaction(&mut self, messages: &[(u16, u16, Vec<u8>)]) -> io::Result<usize> {
-        let mut batch = Batch::new(self);
-        for (kind, flags, payload) in messages {
-            batch.message(self, *kind, *flags, |b| b.extend_from_slice(payload));
-        }
-        batch.commit(self)
     }
 
     pub(crate) fn next_seq(&mut self) -> u32 {
@@ -482,6 +499,39 @@ impl Batch {
         });
     }
 
+    /// Create a regular chain (`add chain`: no error if it exists).
+    pub fn add_chain(&mut self, socket: &mut Socket, table: &str, chain: &str) {
+        self.message(socket, NFT_MSG_NEWCHAIN, NLM_F_CREATE, |b| {
+            attr(b, NFTA_CHAIN_TABLE, &cstr(table));
+            attr(b, NFTA_CHAIN_NAME, &cstr(chain));
+        });
+    }
+
+    /// Delete a chain by name.
+    pub fn delete_chain(&mut self, socket: &mut Socket, table: &str, chain: &str) {
+        self.message(socket, NFT_MSG_DELCHAIN, 0, |b| {
+            attr(b, NFTA_CHAIN_TABLE, &cstr(table));
+            attr(b, NFTA_CHAIN_NAME, &cstr(chain));
+        });
+    }
+
+    /// Delete every rule of a chain: DELRULE naming the chain but no rule.
+    pub fn flush_chain(&mut self, socket: &mut Socket, table: &str, chain: &str) {
+        self.message(socket, NFT_MSG_DELRULE, 0, |b| {
+            attr(b, NFTA_RULE_TABLE, &cstr(table));
+            attr(b, NFTA_RULE_CHAIN, &cstr(chain));
+        });
+    }
+
+    /// Append a rule to a chain.
+    pub fn add_rule(&mut self, socket: &mut Socket, table: &str, chain: &str, rule: &EncodedRule) {
+        self.message(socket, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, |b| {
+            attr(b, NFTA_RULE_TABLE, &cstr(table));
+            attr(b, NFTA_RULE_CHAIN, &cstr(chain));
+            rule.put(b);
+        });
+    }
+
     fn delete_elements<'e>(
         &mut self,
         socket: &mut Socket,
@@ -568,14 +618,7 @@ fn element(buf: &mut Vec<u8>, key: &Key, elem: Option<&Element>) {
             Some(Data::Values(values)) => nested(b, NFTA_SET_ELEM_DATA, |b| {
                 attr_with(b, NFTA_DATA_VALUE, |b| put_values(b, values))
             }),
-            Some(Data::Verdict(v)) => nested(b, NFTA_SET_ELEM_DATA, |b| {
-                nested(b, NFTA_DATA_VERDICT, |b| {
-                    attr(b, NFTA_VERDICT_CODE, &verdict_code(v).to_be_bytes());
-                    if let Some(chain) = v.target() {
-                        attr_with(b, NFTA_VERDICT_CHAIN, |b| put_cstr(b, chain));
-                    }
-                })
-            }),
+            Some(Data::Verdict(v)) => nested(b, NFTA_SET_ELEM_DATA, |b| put_verdict(b, v)),
             None => {}
         }
         if let Some(comment) = &elem.comment {
@@ -585,6 +628,16 @@ fn element(buf: &mut Vec<u8>, key: &Key, elem: Option<&Element>) {
             });
         }
     });
+}
+
+/// NFTA_DATA_VERDICT: the verdict's code, and the chain it goes to.
+fn put_verdict(buf: &mut Vec<u8>, v: &Verdict) {
+    nested(buf, NFTA_DATA_VERDICT, |b| {
+        attr(b, NFTA_VERDICT_CODE, &verdict_code(v).to_be_bytes());
+        if let Some(chain) = v.target() {
+            attr_with(b, NFTA_VERDICT_CHAIN, |b| put_cstr(b, chain));
+        }
+    })
 }
 
 fn verdict_code(v: &Verdict) -> i32 {
@@ -633,109 +686,4 @@ pub fn plain(values: &[Value]) -> bool {
                 | Value::Bits(_)
         )
     })
-}
-
-const NFT_MSG_NEWRULE: u16 = 6;
-const NLM_F_APPEND: u16 = 0x800;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
-/// `NFT_REG_1`, and the 32-bit registers `NFT_REG32_00` + n.
-const REG_1: u32 = 1;
-const REG32: u32 = 8;
-
-impl Socket {
-    /// Append the rule that records IPv6 session affinity to its (empty) chain, in one
-    /// transaction per call. nft 1.0.6 cannot compile this rule; the kernel takes it.
-    pub fn add_affinity_recorders(
-        &mut self,
-        table: &str,
-        recorders: &[svc_nft_compiler::AffinityRecorder],
-    ) -> io::Result<()> {
-        let messages: Vec<_> = recorders
-            .iter()
-            .map(|rec| {
-                let mut msg = Vec::new();
-                attr(&mut msg, NFTA_RULE_TABLE, &cstr(table));
-                attr(&mut msg, NFTA_RULE_CHAIN, &cstr(&rec.chain));
-                nested(&mut msg, NFTA_RULE_EXPRESSIONS, |b| {
-                    affinity_v6_exprs(b, rec)
-                });
-                (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, msg)
-            })
-            .collect();
-        self.transaction(&messages).map(drop)
-    }
-}
-
-fn expr(buf: &mut Vec<u8>, name: &str, fill: impl FnOnce(&mut Vec<u8>)) {
-    nested(buf, NFTA_LIST_ELEM, |b| {
-        attr(b, NFTA_EXPR_NAME, &cstr(name));
-        nested(b, NFTA_EXPR_DATA, fill);
-    });
-}
-
-fn u32_attr(buf: &mut Vec<u8>, kind: u16, value: u32) {
-    attr(buf, kind, &value.to_be_bytes());
-}
-
-/// `[ meta load KEY => reg ]` then `[ cmp eq reg VALUE ]`.
-fn meta_equals(buf: &mut Vec<u8>, key: u32, value: u8) {
-    expr(buf, "meta", |b| {
-        u32_attr(b, 1, REG_1); // NFTA_META_DREG
-        u32_attr(b, 2, key); // NFTA_META_KEY
-    });
-    expr(buf, "cmp", |b| {
-        u32_attr(b, 1, REG_1); // NFTA_CMP_SREG
-        u32_attr(b, 2, 0); // NFTA_CMP_OP: NFT_CMP_EQ
-        nested(b, 3, |b| attr(b, NFTA_DATA_VALUE, &[value])); // NFTA_CMP_DATA
-    });
-}
-
-fn payload(buf: &mut Vec<u8>, dreg: u32, base: u32, offset: u32, len: u32) {
-    expr(buf, "payload", |b| {
-        u32_attr(b, 1, dreg); // NFTA_PAYLOAD_DREG
-        u32_attr(b, 2, base); // NFTA_PAYLOAD_BASE: 1 network, 2 transport header
-        u32_attr(b, 3, offset);
-        u32_attr(b, 4, len);
-    });
-}
-
-/// `[ ct load KEY => reg , dir original ]`.
-fn ct_original(buf: &mut Vec<u8>, dreg: u32, key: u32) {
-    expr(buf, "ct", |b| {
-        u32_attr(b, 1, dreg); // NFTA_CT_DREG
-        u32_attr(b, 2, key); // NFTA_CT_KEY
-        attr(b, 3, &[0]); // NFTA_CT_DIRECTION: IP_CT_DIR_ORIGINAL
-    });
-}
-
-/// `meta l4proto P update @set { ip6 saddr . ct original ip6 daddr . meta l4proto .
-/// ct original proto-dst timeout T : ip6 daddr . P dport }`, register by register as nft
-/// lays out its IPv4 twin: key in 32-bit registers 0–9, data in 10–14.
-fn affinity_v6_exprs(buf: &mut Vec<u8>, rec: &svc_nft_compiler::AffinityRecorder) {
-    const META_NFPROTO: u32 = 15;
-    const META_L4PROTO: u32 = 16;
-    const CT_PROTO_DST: u32 = 12;
-    const CT_DST_IP6: u32 = 22;
-    meta_equals(buf, META_L4PROTO, proto_number(rec.proto));
-    meta_equals(buf, META_NFPROTO, libc::NFPROTO_IPV6 as u8);
-    payload(buf, REG32, 1, 8, 16); // ip6 saddr
-    ct_original(buf, REG32 + 4, CT_DST_IP6);
-    expr(buf, "meta", |b| {
-        u32_attr(b, 1, REG32 + 8);
-        u32_attr(b, 2, META_L4PROTO);
-    });
-    ct_original(buf, REG32 + 9, CT_PROTO_DST);
-    payload(buf, REG32 + 10, 1, 24, 16); // ip6 daddr
-    payload(buf, REG32 + 14, 2, 2, 2); // destination port
-    expr(buf, "dynset", |b| {
-        attr(b, 1, &cstr(&rec.set)); // NFTA_DYNSET_SET_NAME
-        u32_attr(b, 3, 1); // NFTA_DYNSET_OP: NFT_DYNSET_OP_UPDATE
-        u32_attr(b, 4, REG32); // NFTA_DYNSET_SREG_KEY
-        u32_attr(b, 5, REG32 + 10); // NFTA_DYNSET_SREG_DATA
-        attr(b, 6, &(u64::from(rec.timeout) * 1000).to_be_bytes()); // NFTA_DYNSET_TIMEOUT, ms
-    });
 }

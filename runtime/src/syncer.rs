@@ -225,7 +225,9 @@ pub fn run_loop(mut syncer: Syncer, source: Source, min_sync_period: Duration) {
                 min_sync_period.saturating_sub(at.elapsed())
             })
         } else {
-            syncer.sync_period.saturating_sub(syncer.last_full.elapsed())
+            syncer
+                .sync_period
+                .saturating_sub(syncer.last_full.elapsed())
         };
         let first = match source.updates.recv_timeout(due) {
             Ok(update) => Some(update),

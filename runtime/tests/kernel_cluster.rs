@@ -226,6 +226,12 @@ fn the_agent_follows_the_api_server() {
         answered_by("10.244.1.2")
     });
 
+    // SIGTERM: the agent stops and leaves the rules for the next one.
+    agent.terminate();
+    assert!(answered_by("10.244.1.2"), "the rules outlive the agent");
+
+    // The next agent takes over, and follows changes again.
+    let _next = Agent::start(node, &api);
     api.delete("Service", Some("t"), "web");
     eventually("a deleted Service is gone", || {
         connect() == Outcome::Timeout
