@@ -6,7 +6,7 @@
 //! - entries towards a UDP frontend that just got its first endpoint are deleted (they
 //!   recorded the REJECT of before).
 
-use crate::netlink::{self, Socket, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use crate::netlink::{self, attrs, Socket, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
@@ -79,42 +79,8 @@ fn dump(socket: &mut Socket, family: u8) -> io::Result<Vec<(Tuple, Tuple, Vec<u8
     netlink::header(&mut msg, kind, NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0);
     socket.send(&msg)?;
     let mut entries = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = socket.recv(&mut buf)?;
-        let mut at = 0;
-        while at + 16 <= n {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap());
-            if len < 16 || at + len > n {
-                return Err(io::Error::other("ctnetlink: malformed message"));
-            }
-            match kind {
-                NLMSG_DONE => return Ok(entries),
-                NLMSG_ERROR => {
-                    let errno = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap());
-                    return Err(io::Error::from_raw_os_error(-errno));
-                }
-                _ => entries.extend(entry(&buf[at + 20..at + len])),
-            }
-            at += netlink::align(len);
-        }
-    }
-}
-
-/// Attributes as (type without flags, payload, the whole attribute).
-fn attrs(mut data: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
-    let mut out = Vec::new();
-    while data.len() >= 4 {
-        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
-        let kind = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
-        if len < 4 || len > data.len() {
-            break;
-        }
-        out.push((kind, &data[4..len], &data[..len]));
-        data = &data[netlink::align(len).min(data.len())..];
-    }
-    out
+    socket.dump(seq, |payload| entries.extend(entry(payload)))?;
+    Ok(entries)
 }
 
 fn entry(payload: &[u8]) -> Option<(Tuple, Tuple, Vec<u8>)> {

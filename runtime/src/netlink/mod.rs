@@ -6,18 +6,20 @@
 //! elements, many per message, in one datagram.
 //!
 //! Only what the engine needs is encoded: NEWSETELEM / DELSETELEM of plain (non-interval)
-//! sets and maps, with value or verdict data and comments; NEWCHAIN / DELCHAIN of regular
-//! chains; NEWRULE with the expressions of the rules svc-nft's chains hold (module `rules`,
-//! the IPv6 affinity recorder included); DELRULE by handle or of a whole chain (a flush);
-//! GETTABLE and a GETRULE dump to find a table and its rules. Everything else (sets created or
-//! deleted, base chains, interval sets) goes through `nft -f -`. Pure Rust over libc: no
-//! libnftnl (GPL) linked.
+//! sets and maps, with value or verdict data and comments (module `elements`); NEWCHAIN /
+//! DELCHAIN of regular chains; NEWRULE with the expressions of the rules svc-nft's chains hold
+//! (module `rules`, the IPv6 affinity recorder included); DELRULE by handle or of a whole
+//! chain (a flush); GETTABLE and a GETRULE dump to find a table and its rules. Everything else
+//! (sets created or deleted, base chains, interval sets) goes through `nft -f -`. Pure Rust
+//! over libc: no libnftnl (GPL) linked.
 
+mod elements;
 mod rules;
 
+pub use elements::plain;
 pub use rules::{encode_rule, recorder_rule, EncodedRule};
 use std::io;
-use svc_nft_ir::{Data, Element, Key, L4Proto, Value, Verdict};
+use svc_nft_ir::{Element, Key};
 
 const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -29,8 +31,6 @@ const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_DELSETELEM: u16 = 14;
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 pub(crate) const NLM_F_ACK: u16 = 0x4;
 pub(crate) const NLM_F_DUMP: u16 = 0x300;
@@ -52,23 +52,9 @@ const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
-/// nftnl's tag for a rule comment inside its user data.
-const UDATA_RULE_COMMENT: u8 = 0;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_SET_ELEM_USERDATA: u16 = 6;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-/// nftnl's tag for an element comment inside its user data.
-const UDATA_SET_ELEM_COMMENT: u8 = 0;
-/// Attribute lengths are 16 bits: keep each message's element list well below.
-const MAX_ELEMENTS_BYTES: usize = 48 * 1024;
+/// nftnl's tag for a comment inside a rule's or an element's user data.
+const UDATA_COMMENT: u8 = 0;
 
 /// One command of a batch.
 pub enum Op<'a> {
@@ -170,14 +156,7 @@ impl Socket {
 
     /// Whether table `inet <table>` exists: one GETTABLE request, no listing.
     pub fn table_exists(&mut self, table: &str) -> io::Result<bool> {
-        let mut msg = Vec::new();
-        let seq = self.next_seq();
-        let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE;
-        let inet = libc::NFPROTO_INET as u8;
-        header(&mut msg, kind, NLM_F_REQUEST | NLM_F_ACK, seq, inet, 0);
-        attr(&mut msg, NFTA_TABLE_NAME, &cstr(table));
-        finish(&mut msg, 0);
-        self.send(&msg)?;
+        let seq = self.request(NFT_MSG_GETTABLE, NLM_F_ACK, NFTA_TABLE_NAME, table)?;
         // The table (NEWTABLE) comes first if it exists, then the acknowledgement.
         match self.wait_acks(&[seq]) {
             Ok(()) => Ok(true),
@@ -193,15 +172,42 @@ impl Socket {
         table: &str,
         comment: &str,
     ) -> io::Result<Vec<(String, u64)>> {
+        let seq = self.request(NFT_MSG_GETRULE, NLM_F_DUMP, NFTA_RULE_TABLE, table)?;
+        let mut found = Vec::new();
+        self.dump(seq, |payload| {
+            let (mut chain, mut handle, mut commented) = (None, None, false);
+            for (kind, value, _) in attrs(payload) {
+                match kind {
+                    NFTA_RULE_CHAIN => chain = value.split(|b| *b == 0).next(),
+                    NFTA_RULE_HANDLE => handle = value.try_into().ok().map(u64::from_be_bytes),
+                    NFTA_RULE_USERDATA => commented = rule_comment(value) == Some(comment),
+                    _ => {}
+                }
+            }
+            if let (Some(chain), Some(handle), true) = (chain, handle, commented) {
+                found.push((String::from_utf8_lossy(chain).into_owned(), handle));
+            }
+        })?;
+        Ok(found)
+    }
+
+    /// Send one nf_tables request naming table `inet <table>` in attribute `table_attr`;
+    /// returns its sequence number.
+    fn request(&mut self, kind: u16, flags: u16, table_attr: u16, table: &str) -> io::Result<u32> {
         let mut msg = Vec::new();
         let seq = self.next_seq();
-        let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE;
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | kind;
         let inet = libc::NFPROTO_INET as u8;
-        header(&mut msg, kind, NLM_F_REQUEST | NLM_F_DUMP, seq, inet, 0);
-        attr(&mut msg, NFTA_RULE_TABLE, &cstr(table));
+        header(&mut msg, kind, NLM_F_REQUEST | flags, seq, inet, 0);
+        attr(&mut msg, table_attr, &cstr(table));
         finish(&mut msg, 0);
         self.send(&msg)?;
-        let mut found = Vec::new();
+        Ok(seq)
+    }
+
+    /// Read the answer to dump request `seq` to its end, handing each message's attributes
+    /// (after the nfgenmsg) to `each`; an error message ends it with that error.
+    pub(crate) fn dump(&self, seq: u32, mut each: impl FnMut(&[u8])) -> io::Result<()> {
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = self.recv(&mut buf)?;
@@ -210,34 +216,17 @@ impl Socket {
                 let len = u32::from_ne_bytes(data[..4].try_into().unwrap()) as usize;
                 let kind = u16::from_ne_bytes(data[4..6].try_into().unwrap());
                 let of = u32::from_ne_bytes(data[8..12].try_into().unwrap());
-                if len < 16 || len > data.len() {
-                    return Err(io::Error::other("nf_tables: malformed message"));
+                if len < 20 || len > data.len() {
+                    return Err(io::Error::other("netlink dump: malformed message"));
                 }
                 match kind {
                     _ if of != seq => {} // a late answer to something else
-                    NLMSG_DONE => return Ok(found),
+                    NLMSG_DONE => return Ok(()),
                     NLMSG_ERROR => {
                         let errno = i32::from_ne_bytes(data[16..20].try_into().unwrap());
                         return Err(io::Error::from_raw_os_error(-errno));
                     }
-                    _ => {
-                        let (mut chain, mut handle, mut commented) = (None, None, false);
-                        for (kind, value) in attrs(&data[20..len]) {
-                            match kind {
-                                NFTA_RULE_CHAIN => chain = value.split(|b| *b == 0).next(),
-                                NFTA_RULE_HANDLE => {
-                                    handle = value.try_into().ok().map(u64::from_be_bytes)
-                                }
-                                NFTA_RULE_USERDATA => {
-                                    commented = rule_comment(value) == Some(comment)
-                                }
-                                _ => {}
-                            }
-                        }
-                        if let (Some(chain), Some(handle), true) = (chain, handle, commented) {
-                            found.push((String::from_utf8_lossy(chain).into_owned(), handle));
-                        }
-                    }
+                    _ => each(&data[20..len]),
                 }
                 data = &data[align(len).min(data.len())..];
             }
@@ -309,14 +298,9 @@ impl Socket {
         let mut failure = None;
         let mut buf = vec![0u8; 1 << 16];
         while !pending.is_empty() {
-            // SAFETY: receiving into a buffer we own.
-            let n =
-                unsafe { libc::recv(self.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-            if n < 0 {
-                return Err(last_error("netlink receive"));
-            }
+            let n = self.recv(&mut buf)?;
             let mut at = 0;
-            while at + 16 <= n as usize {
+            while at + 16 <= n {
                 let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
                 let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap());
                 let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().unwrap());
@@ -386,6 +370,15 @@ fn put_cstr(buf: &mut Vec<u8>, s: &str) {
     buf.push(0);
 }
 
+/// A user data attribute holding `comment` as nftnl's TLV (type, length, value with its NUL),
+/// which `nft list` shows.
+fn comment_attr(buf: &mut Vec<u8>, kind: u16, comment: &str) {
+    attr_with(buf, kind, |b| {
+        b.extend_from_slice(&[UDATA_COMMENT, (comment.len() + 1) as u8]);
+        put_cstr(b, comment);
+    });
+}
+
 pub(crate) fn nested(buf: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
     let start = buf.len();
     buf.extend_from_slice(&[0, 0]);
@@ -401,8 +394,8 @@ pub(crate) fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
-/// Attributes as (type without flags, payload).
-fn attrs(mut data: &[u8]) -> Vec<(u16, &[u8])> {
+/// Attributes as (type without flags, payload, the whole attribute).
+pub(crate) fn attrs(mut data: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
     let mut out = Vec::new();
     while data.len() >= 4 {
         let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
@@ -410,7 +403,7 @@ fn attrs(mut data: &[u8]) -> Vec<(u16, &[u8])> {
         if len < 4 || len > data.len() {
             break;
         }
-        out.push((kind, &data[4..len]));
+        out.push((kind, &data[4..len], &data[..len]));
         data = &data[align(len).min(data.len())..];
     }
     out
@@ -420,7 +413,7 @@ fn attrs(mut data: &[u8]) -> Vec<(u16, &[u8])> {
 fn rule_comment(mut udata: &[u8]) -> Option<&str> {
     while let [kind, len, rest @ ..] = udata {
         let value = rest.get(..usize::from(*len))?;
-        if *kind == UDATA_RULE_COMMENT {
+        if *kind == UDATA_COMMENT {
             return std::str::from_utf8(value.strip_suffix(&[0]).unwrap_or(value)).ok();
         }
         udata = &rest[value.len()..];
@@ -478,18 +471,6 @@ impl Batch {
         finish(&mut self.buf, start);
     }
 
-    /// Add elements to a plain set or map (see [`plain`]).
-    pub fn add_elements<'e>(
-        &mut self,
-        socket: &mut Socket,
-        table: &str,
-        set: &str,
-        elems: impl Iterator<Item = (&'e Key, &'e Element)>,
-    ) {
-        let elems = elems.map(|(k, e)| (k, Some(e)));
-        self.elements(socket, NFT_MSG_NEWSETELEM, NLM_F_CREATE, table, set, elems);
-    }
-
     /// Delete a rule by its handle.
     pub fn delete_rule(&mut self, socket: &mut Socket, table: &str, chain: &str, handle: u64) {
         self.message(socket, NFT_MSG_DELRULE, 0, |b| {
@@ -532,64 +513,6 @@ impl Batch {
         });
     }
 
-    fn delete_elements<'e>(
-        &mut self,
-        socket: &mut Socket,
-        table: &str,
-        set: &str,
-        keys: impl Iterator<Item = &'e Key>,
-    ) {
-        let elems = keys.map(|k| (k, None));
-        self.elements(socket, NFT_MSG_DELSETELEM, 0, table, set, elems);
-    }
-
-    /// Element messages for one set: as many elements per message as fit in its 16-bit
-    /// element list attribute.
-    fn elements<'e>(
-        &mut self,
-        socket: &mut Socket,
-        kind: u16,
-        flags: u16,
-        table: &str,
-        set: &str,
-        elems: impl Iterator<Item = (&'e Key, Option<&'e Element>)>,
-    ) {
-        let mut one = Vec::new();
-        // (message start, element list start) of the message being filled.
-        let mut open: Option<(usize, usize)> = None;
-        for (key, elem) in elems {
-            one.clear();
-            element(&mut one, key, elem);
-            if let Some((msg, list)) = open {
-                if self.buf.len() - list + one.len() > MAX_ELEMENTS_BYTES {
-                    self.close_elements(msg, list);
-                    open = None;
-                }
-            }
-            let (_, list) = *open.get_or_insert_with(|| {
-                let msg = self.open(socket, kind, flags);
-                attr(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
-                attr(&mut self.buf, NFTA_SET_ELEM_LIST_SET, &cstr(set));
-                let list = self.buf.len();
-                self.buf.extend_from_slice(&[0, 0]);
-                let nested = NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED;
-                self.buf.extend_from_slice(&nested.to_ne_bytes());
-                (msg, list)
-            });
-            debug_assert!(list < self.buf.len());
-            self.buf.extend_from_slice(&one);
-        }
-        if let Some((msg, list)) = open {
-            self.close_elements(msg, list);
-        }
-    }
-
-    fn close_elements(&mut self, msg: usize, list: usize) {
-        let len = (self.buf.len() - list) as u16;
-        self.buf[list..list + 2].copy_from_slice(&len.to_ne_bytes());
-        finish(&mut self.buf, msg);
-    }
-
     /// Close the batch, send it and wait for every acknowledgement; the batch's size.
     pub fn commit(mut self, socket: &mut Socket) -> io::Result<usize> {
         let seq = socket.next_seq();
@@ -605,85 +528,4 @@ impl Batch {
         socket.wait_acks(&self.acked)?;
         Ok(self.buf.len())
     }
-}
-
-/// One NFTA_LIST_ELEM, appended to `buf`: key, and for additions data and comment.
-fn element(buf: &mut Vec<u8>, key: &Key, elem: Option<&Element>) {
-    nested(buf, NFTA_LIST_ELEM, |b| {
-        nested(b, NFTA_SET_ELEM_KEY, |b| {
-            attr_with(b, NFTA_DATA_VALUE, |b| put_values(b, key))
-        });
-        let Some(elem) = elem else { return };
-        match &elem.data {
-            Some(Data::Values(values)) => nested(b, NFTA_SET_ELEM_DATA, |b| {
-                attr_with(b, NFTA_DATA_VALUE, |b| put_values(b, values))
-            }),
-            Some(Data::Verdict(v)) => nested(b, NFTA_SET_ELEM_DATA, |b| put_verdict(b, v)),
-            None => {}
-        }
-        if let Some(comment) = &elem.comment {
-            attr_with(b, NFTA_SET_ELEM_USERDATA, |b| {
-                b.extend_from_slice(&[UDATA_SET_ELEM_COMMENT, (comment.len() + 1) as u8]);
-                put_cstr(b, comment);
-            });
-        }
-    });
-}
-
-/// NFTA_DATA_VERDICT: the verdict's code, and the chain it goes to.
-fn put_verdict(buf: &mut Vec<u8>, v: &Verdict) {
-    nested(buf, NFTA_DATA_VERDICT, |b| {
-        attr(b, NFTA_VERDICT_CODE, &verdict_code(v).to_be_bytes());
-        if let Some(chain) = v.target() {
-            attr_with(b, NFTA_VERDICT_CHAIN, |b| put_cstr(b, chain));
-        }
-    })
-}
-
-fn verdict_code(v: &Verdict) -> i32 {
-    match v {
-        Verdict::Drop => 0,
-        Verdict::Accept => 1,
-        Verdict::Jump(_) => -3,
-        Verdict::Goto(_) => -4,
-        Verdict::Return => -5,
-    }
-}
-
-/// Values as the kernel's registers hold them: each field of a concatenation padded to 32
-/// bits; addresses and ports in network order, numgen slots and marks in host order.
-fn put_values(out: &mut Vec<u8>, values: &[Value]) {
-    for v in values {
-        match v {
-            Value::Ipv4(a) => out.extend_from_slice(&a.octets()),
-            Value::Ipv6(a) => out.extend_from_slice(&a.octets()),
-            Value::Proto(p) => out.extend_from_slice(&[proto_number(*p), 0, 0, 0]),
-            Value::Port(p) => out.extend_from_slice(&[(p >> 8) as u8, *p as u8, 0, 0]),
-            Value::Int(i) | Value::Bits(i) => out.extend_from_slice(&i.to_ne_bytes()),
-            other => unreachable!("not a plain set value: {other:?}"),
-        }
-    }
-}
-
-fn proto_number(p: L4Proto) -> u8 {
-    match p {
-        L4Proto::Tcp => 6,
-        L4Proto::Udp => 17,
-        L4Proto::Sctp => 132,
-    }
-}
-
-/// Whether a value can be sent as a plain element (prefixes need interval encoding).
-pub fn plain(values: &[Value]) -> bool {
-    values.iter().all(|v| {
-        matches!(
-            v,
-            Value::Ipv4(_)
-                | Value::Ipv6(_)
-                | Value::Proto(_)
-                | Value::Port(_)
-                | Value::Int(_)
-                | Value::Bits(_)
-        )
-    })
 }
