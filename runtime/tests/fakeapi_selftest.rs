@@ -4,6 +4,7 @@
 mod fakeapi;
 mod netns;
 
+use std::fmt::Display;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
@@ -12,13 +13,17 @@ use fakeapi::FakeApi;
 use netns::Netns;
 use serde_json::{json, Value};
 
-fn start(tag: &str) -> (Netns, FakeApi) {
+/// A fake serving inside a fresh namespace; None when kernel tests cannot run here.
+fn start(tag: &str) -> Option<(Netns, FakeApi)> {
+    if !netns::require() {
+        return None;
+    }
     let ns = Netns::new(tag);
     let listener = ns
         .run(|| TcpListener::bind("127.0.0.1:0"))
         .expect("bind in namespace");
     let api = FakeApi::serve(listener);
-    (ns, api)
+    Some((ns, api))
 }
 
 fn service(ns: &str, name: &str, labels: Value) -> Value {
@@ -106,6 +111,12 @@ fn watch(ns: &Netns, api: &FakeApi, path: &str) -> WatchConn {
     WatchConn(r)
 }
 
+/// A watch on `/api/v1/{plural}` from `rv`, `more` appended to the query.
+fn watch_from(ns: &Netns, api: &FakeApi, plural: &str, rv: impl Display, more: &str) -> WatchConn {
+    let path = format!("/api/v1/{plural}?watch=true&resourceVersion={rv}{more}");
+    watch(ns, api, &path)
+}
+
 impl WatchConn {
     /// The next event; Ok(None) at the terminating chunk, Err at an abrupt end.
     fn next(&mut self) -> Result<Option<Value>, String> {
@@ -140,10 +151,9 @@ impl WatchConn {
 
 #[test]
 fn list_get_and_version() {
-    if !netns::require() {
+    let Some((ns, api)) = start("fake-list") else {
         return;
-    }
-    let (ns, api) = start("fake-list");
+    };
     let typed: k8s_openapi::api::core::v1::Service =
         serde_json::from_value(service("a", "s1", json!({}))).unwrap();
     api.apply(&typed);
@@ -191,21 +201,17 @@ fn list_get_and_version() {
 
 #[test]
 fn watch_from_list_rv_sees_changes_in_order() {
-    if !netns::require() {
+    let Some((ns, api)) = start("fake-watch") else {
         return;
-    }
-    let (ns, api) = start("fake-watch");
+    };
     api.apply(service("a", "s1", json!({})));
     let rv = get(&ns, &api, "/api/v1/services").1["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
         .to_string();
     api.apply(service("a", "s2", json!({}))); // before the watch: replayed from history
-    let mut w = watch(
-        &ns,
-        &api,
-        &format!("/api/v1/services?watch=true&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=290"),
-    );
+    let more = "&allowWatchBookmarks=true&timeoutSeconds=290";
+    let mut w = watch_from(&ns, &api, "services", &rv, more);
     api.apply(service("a", "s1", json!({"x": "y"})));
     assert!(api.delete("Service", Some("a"), "s2"));
     let rv: u64 = rv.parse().unwrap();
@@ -221,34 +227,22 @@ fn watch_from_list_rv_sees_changes_in_order() {
     );
 
     // timeoutSeconds ends the stream cleanly.
-    let mut short = watch(
-        &ns,
-        &api,
-        &format!(
-            "/api/v1/nodes?watch=true&resourceVersion={}&timeoutSeconds=1",
-            rv + 3
-        ),
-    );
+    let mut short = watch_from(&ns, &api, "nodes", rv + 3, "&timeoutSeconds=1");
     assert_eq!(short.next(), Ok(None));
 }
 
 #[test]
 fn watch_from_compacted_rv_gets_410() {
-    if !netns::require() {
+    let Some((ns, api)) = start("fake-gone") else {
         return;
-    }
-    let (ns, api) = start("fake-gone");
+    };
     api.apply(service("a", "s1", json!({})));
     let old = api.resource_version();
     api.apply(service("a", "s2", json!({})));
     api.compact();
     let now = api.resource_version();
 
-    let mut w = watch(
-        &ns,
-        &api,
-        &format!("/api/v1/services?watch=true&resourceVersion={old}"),
-    );
+    let mut w = watch_from(&ns, &api, "services", old, "");
     let ev = w.next().unwrap().unwrap();
     assert_eq!(ev["type"], "ERROR");
     let st = &ev["object"];
@@ -263,22 +257,17 @@ fn watch_from_compacted_rv_gets_410() {
     assert_eq!(w.next(), Ok(None));
 
     // From the compaction point on, watching works.
-    let mut w = watch(
-        &ns,
-        &api,
-        &format!("/api/v1/services?watch=true&resourceVersion={now}"),
-    );
+    let mut w = watch_from(&ns, &api, "services", now, "");
     api.apply(service("a", "s3", json!({})));
     assert_eq!(w.event(), ("ADDED".into(), "s3".into(), now + 1));
 }
 
 #[test]
 fn drop_watches_closes_streams() {
-    if !netns::require() {
+    let Some((ns, api)) = start("fake-drop") else {
         return;
-    }
-    let (ns, api) = start("fake-drop");
-    let mut w = watch(&ns, &api, "/api/v1/services?watch=true&resourceVersion=1");
+    };
+    let mut w = watch_from(&ns, &api, "services", 1, "");
     assert_eq!(api.open_watches(), 1);
     api.drop_watches();
     assert!(w.next().is_err(), "abrupt end, no terminating chunk");
@@ -287,10 +276,9 @@ fn drop_watches_closes_streams() {
 
 #[test]
 fn selectors_filter_lists_and_watches() {
-    if !netns::require() {
+    let Some((ns, api)) = start("fake-sel") else {
         return;
-    }
-    let (ns, api) = start("fake-sel");
+    };
     api.apply(service("a", "web", json!({"app": "web"})));
     api.apply(service("a", "db", json!({"app": "db"})));
     api.apply(service("b", "bare", json!({})));
@@ -312,14 +300,8 @@ fn selectors_filter_lists_and_watches() {
     assert_eq!(get(&ns, &api, "/api/v1/services?labelSelector=a+b").0, 400);
 
     let rv = api.resource_version();
-    let mut w = watch(
-        &ns,
-        &api,
-        &format!(
-            "/api/v1/services?watch=true&resourceVersion={rv}&labelSelector={}",
-            enc("app=web")
-        ),
-    );
+    let selector = format!("&labelSelector={}", enc("app=web"));
+    let mut w = watch_from(&ns, &api, "services", rv, &selector);
     api.apply(service("a", "web", json!({"app": "old"}))); // stops matching
     api.apply(service("a", "db", json!({"app": "web"}))); // starts matching
     api.apply(service("b", "bare", json!({"other": "x"}))); // never matches
@@ -331,11 +313,10 @@ fn selectors_filter_lists_and_watches() {
 
 #[test]
 fn down_refuses_connections() {
-    if !netns::require() {
+    let Some((ns, api)) = start("fake-down") else {
         return;
-    }
-    let (ns, api) = start("fake-down");
-    let mut w = watch(&ns, &api, "/api/v1/services?watch=true&resourceVersion=1");
+    };
+    let mut w = watch_from(&ns, &api, "services", 1, "");
     api.set_down(true);
     assert!(w.next().is_err());
     let mut s = connect(&ns, api.addr());
@@ -349,10 +330,9 @@ fn down_refuses_connections() {
 
 #[test]
 fn events_post_and_patch() {
-    if !netns::require() {
+    let Some((ns, api)) = start("fake-events") else {
         return;
-    }
-    let (ns, api) = start("fake-events");
+    };
     let path = "/apis/events.k8s.io/v1/namespaces/a/events";
     let ev = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"generateName": "s1."}, "reason": "Rejected"});
     let (code, created) = call(&ns, &api, "POST", path, Some(&ev));
@@ -407,10 +387,9 @@ fn drives_kube_watcher_and_recorder() {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     use kube::runtime::{reflector, watcher};
 
-    if !netns::require() {
+    let Some((ns, api)) = start("fake-kube") else {
         return;
-    }
-    let (ns, api) = start("fake-kube");
+    };
     api.apply(service("a", "s1", json!({})));
     let fake = api.clone();
     // All of the client's sockets are made on this namespace thread.

@@ -6,7 +6,8 @@
 mod netns;
 
 use netns::cluster::{answers, pairs, Cluster, CIDRS};
-use netns::{tcp, Netns, Outcome};
+use netns::inputs::{examples, golden_cases};
+use netns::{listing, tcp, Netns, Outcome};
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -15,46 +16,9 @@ use svc_nft::engine::{Engine, Route};
 use svc_nft_compiler::{compile, parse, NodeFacts};
 use svc_nft_ir::{replace_script, Data, Table, Verdict};
 
-/// A `nft -j list table` listing in a canonical form, compared the way kernel_diff.rs does:
-/// without handles, element lists sorted, items sorted by kind and name (rules keep their
-/// order within a chain), and nft's cache-dependent `tcp dport` / `th dport` spelling of one
-/// kernel expression made one.
-fn canonical(listing: &str) -> Json {
-    fn strip(json: &mut Json) {
-        match json {
-            Json::Object(map) => {
-                map.remove("handle");
-                if map.get("field") == Some(&Json::from("dport")) {
-                    map.insert("protocol".into(), Json::from("th"));
-                }
-                for (key, value) in map.iter_mut() {
-                    strip(value);
-                    if let (true, Json::Array(elems)) = (key == "elem", value) {
-                        elems.sort_by_key(|e| e.to_string());
-                    }
-                }
-            }
-            Json::Array(items) => items.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut json: Json = serde_json::from_str(listing).expect("nft -j output is JSON");
-    strip(&mut json);
-    let mut items = json["nftables"].as_array().cloned().unwrap_or_default();
-    items.retain(|i| i.get("metainfo").is_none());
-    items.sort_by_key(|item| {
-        let (kind, body) = item.as_object().unwrap().iter().next().unwrap();
-        let name = body.get("chain").or(body.get("name")).cloned();
-        (
-            kind.clone(),
-            name.map(|n| n.to_string()).unwrap_or_default(),
-        )
-    });
-    Json::Array(items)
-}
-
+/// The table as `nft -j` lists it, canonical.
 fn state(ns: &Netns, table: &str) -> Json {
-    canonical(&ns.nft_list(&format!("-j list table inet {table}")))
+    listing::table(ns, table)
 }
 
 fn tables(ns: &Netns) -> String {
@@ -64,11 +28,7 @@ fn tables(ns: &Netns) -> String {
 /// When two canonical listings differ: a unified diff of them.
 fn assert_same(actual: &Json, expected: &Json, what: &str) {
     if actual != expected {
-        let pretty = |j: &Json| serde_json::to_string_pretty(j).unwrap();
-        let delta = similar::TextDiff::from_lines(&pretty(expected), &pretty(actual))
-            .unified_diff()
-            .header("loaded by nft", "loaded cold")
-            .to_string();
+        let delta = listing::json_diff(expected, actual, ("loaded by nft", "loaded cold"));
         panic!("{what}: the cold load differs from nft's\n{delta}");
     }
 }
@@ -77,22 +37,6 @@ fn compiled(manifests: &str, node: &NodeFacts) -> Table {
     let (objects, errors) = parse("test", manifests);
     assert!(errors.is_empty(), "{errors:?}");
     compile(&objects, node).table
-}
-
-/// Every manifest of `examples/`: dual-stack, headless, external, multi-port, a Service
-/// without endpoints.
-fn examples() -> String {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    let texts: Vec<String> = files
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap())
-        .collect();
-    texts.join("\n---\n")
 }
 
 /// `svc-nft apply` in `ns` with the cold load's debug line on stderr; `env` added to its
@@ -131,14 +75,8 @@ fn a_cold_apply_loads_what_nft_loads_for_every_golden_case() {
     if !netns::require() {
         return;
     }
-    let cases = concat!(env!("CARGO_MANIFEST_DIR"), "/../golden/cases");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(cases)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    dirs.sort();
     let mut loaded = 0;
-    for dir in dirs {
+    for dir in golden_cases() {
         let case = dir.file_name().unwrap().to_string_lossy().into_owned();
         let flags = std::fs::read_to_string(dir.join("flags")).unwrap_or_default();
         let input = dir.join("input").to_string_lossy().into_owned();

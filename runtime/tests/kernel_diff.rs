@@ -4,7 +4,7 @@
 
 mod netns;
 
-use netns::Netns;
+use netns::{listing, Netns};
 use proptest::prelude::*;
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
@@ -16,49 +16,7 @@ use svc_nft_ir::{
 
 /// The kernel's view of the table, in a canonical form.
 fn kernel_state(ns: &Netns, table: &Table) -> Json {
-    canonical_listing(&ns.nft_list(&format!("-j list table inet {}", table.name)))
-}
-
-/// A `nft -j list table` listing in a canonical form.
-fn canonical_listing(listing: &str) -> Json {
-    let mut json: Json = serde_json::from_str(listing).expect("nft -j output is JSON");
-    canonical(&mut json);
-    let mut items = json["nftables"].as_array().cloned().unwrap_or_default();
-    items.retain(|i| i.get("metainfo").is_none());
-    // Rules keep their order within a chain (the sort is stable); everything else is sorted.
-    items.sort_by_key(|item| {
-        let (kind, body) = item.as_object().unwrap().iter().next().unwrap();
-        let name = body.get("chain").or(body.get("name")).cloned();
-        (
-            kind.clone(),
-            name.map(|n| n.to_string()).unwrap_or_default(),
-        )
-    });
-    Json::Array(items)
-}
-
-/// Drop handles and sort element lists, which depend on history, not on content. nft also
-/// decodes the same transport-port load as `tcp dport` or `th dport` depending on what it
-/// has cached; both are one kernel expression.
-fn canonical(json: &mut Json) {
-    match json {
-        Json::Object(map) => {
-            map.remove("handle");
-            if map.get("field") == Some(&Json::from("dport")) {
-                map.insert("protocol".into(), Json::from("th"));
-            }
-            for (key, value) in map.iter_mut() {
-                canonical(value);
-                if key == "elem" {
-                    if let Json::Array(elems) = value {
-                        elems.sort_by_key(|e| e.to_string());
-                    }
-                }
-            }
-        }
-        Json::Array(items) => items.iter_mut().for_each(canonical),
-        _ => {}
-    }
+    listing::table(ns, &table.name)
 }
 
 /// Apply `diff(a, b)` on top of `a` and compare with `b` loaded whole.
@@ -72,12 +30,8 @@ fn check_diff(ns: &Netns, a: &Table, b: &Table) -> Result<(), TestCaseError> {
     }
     let actual = kernel_state(ns, b);
     if actual != expected {
-        let pretty = |j: &Json| serde_json::to_string_pretty(j).unwrap();
-        let (actual, expected) = (pretty(&actual), pretty(&expected));
-        let delta = similar::TextDiff::from_lines(&expected, &actual)
-            .unified_diff()
-            .header("B loaded whole", "A + diff(A, B)")
-            .to_string();
+        let headers = ("B loaded whole", "A + diff(A, B)");
+        let delta = listing::json_diff(&expected, &actual, headers);
         return Err(TestCaseError::fail(format!(
             "{delta}\nafter applying:\n{tx}"
         )));
@@ -273,17 +227,7 @@ fn element_only_changes_go_over_netlink() {
     if !netns::require() {
         return;
     }
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-    let mut text = String::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for f in files {
-        text += &std::fs::read_to_string(f).unwrap();
-        text += "\n---\n";
-    }
+    let text = netns::inputs::examples();
     // Same endpoint counts everywhere, so no chain changes: endpoints move, a Service moves
     // to another cluster IP, an IPv6 endpoint changes.
     let changed = text
@@ -371,6 +315,6 @@ fn engine_follows_a_sequence_of_changes() {
             .collect::<Vec<_>>()
     });
     for (i, (state, want)) in states.iter().zip(expected).enumerate() {
-        assert_eq!(canonical_listing(state), want, "step {i}");
+        assert_eq!(listing::canonical(state), want, "step {i}");
     }
 }

@@ -5,10 +5,11 @@
 mod netns;
 
 use netns::cluster::{answers, pairs, Cluster, CIDRS};
+use netns::inputs::golden_cases;
+use netns::listing::{pretty, unified_diff, without_handles};
 use netns::{tcp, Netns};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 use svc_nft::cli::{compile_paths, NodeArgs};
 use svc_nft::engine::{Engine, Route};
@@ -17,13 +18,8 @@ use svc_nft_ir::{diff, replace_script, Op, Table};
 
 /// Every golden case compiled with its flags: `(case, table)`.
 fn golden_tables() -> Vec<(String, Table)> {
-    let cases = concat!(env!("CARGO_MANIFEST_DIR"), "/../golden/cases");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(cases)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    dirs.sort();
-    dirs.into_iter()
+    golden_cases()
+        .into_iter()
         .map(|dir| {
             let case = dir.file_name().unwrap().to_string_lossy().into_owned();
             let flags = std::fs::read_to_string(dir.join("flags")).unwrap_or_default();
@@ -45,20 +41,10 @@ fn without_elements(table: &Table) -> Table {
 
 /// `nft -j list chain` without the handles (which depend on history).
 fn listing(ns: &Netns, table: &str, chain: &str) -> Json {
-    fn strip(json: &mut Json) {
-        match json {
-            Json::Object(map) => {
-                map.remove("handle");
-                map.values_mut().for_each(strip);
-            }
-            Json::Array(items) => items.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
     let mut json: Json =
         serde_json::from_str(&ns.nft_list(&format!("-j list chain inet {table} {chain}")))
             .expect("nft -j output is JSON");
-    strip(&mut json);
+    without_handles(&mut json);
     json
 }
 
@@ -144,15 +130,12 @@ fn every_compiled_chain_created_over_netlink_is_what_nft_creates() {
                 continue;
             }
             let (nl_json, nl_exprs) = &by_netlink[chain];
-            let pretty = |j: &Json| serde_json::to_string_pretty(j).unwrap();
             if json != nl_json || exprs != nl_exprs {
-                let delta = similar::TextDiff::from_lines(
+                let delta = unified_diff(
                     &format!("{}\n{}\n", pretty(json), exprs.join("\n")),
                     &format!("{}\n{}\n", pretty(nl_json), nl_exprs.join("\n")),
-                )
-                .unified_diff()
-                .header("created by nft", "created over netlink")
-                .to_string();
+                    ("created by nft", "created over netlink"),
+                );
                 panic!("{case}: chain {chain} differs\n{delta}");
             }
             checked += 1;

@@ -5,11 +5,14 @@
 //! module created, and every namespace is deleted on drop (also on panic).
 //! Include with `mod netns;` and start each test with
 //! `if !netns::require() { return; }`. `Netns` is here; the routed `Lab`,
-//! its servers and the `tcp`/`udp` probes are in `lab.rs`.
+//! its servers and the `tcp`/`udp` probes are in `lab.rs`; `listing` compares
+//! what nft lists, `inputs` reads the repository's manifests.
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod inputs;
 mod lab;
+pub mod listing;
 #[allow(unused_imports)]
 pub use lab::*;
 
