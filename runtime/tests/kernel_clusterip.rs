@@ -258,10 +258,9 @@ fn every_golden_ruleset_loads() {
         return;
     }
     let ns = netns::Netns::new("goldens");
-    let cases = concat!(env!("CARGO_MANIFEST_DIR"), "/../golden/cases");
     let mut loaded = 0;
-    for case in std::fs::read_dir(cases).unwrap() {
-        let path = case.unwrap().path().join("expected.nft");
+    for case in netns::inputs::golden_cases() {
+        let path = case.join("expected.nft");
         let script = std::fs::read_to_string(&path).unwrap();
         ns.nft(&script)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
