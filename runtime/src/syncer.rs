@@ -32,7 +32,6 @@ pub enum Update {
 }
 
 /// What the agents report to: shared with the health and metrics servers.
-#[derive(Clone)]
 pub struct Observers {
     pub metrics: Arc<Metrics>,
     pub health: Arc<ProxyHealth>,
@@ -52,6 +51,13 @@ pub struct Syncer {
     /// When changes to endpoints were triggered (EndpointSlice
     /// `endpoints.kubernetes.io/last-change-trigger-time`), for network programming latency.
     triggers: Vec<SystemTime>,
+}
+
+/// A full replace churns through memory the size of the table (built, rendered, listed);
+/// hand it back rather than keep the peak resident.
+fn give_back_memory() {
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -162,10 +168,7 @@ impl Syncer {
             }
         }
         if delta.transaction.is_none() {
-            // A rebuild churns through memory the size of the table; give it back rather
-            // than keep the peak resident.
-            // SAFETY: malloc_trim only releases free heap pages.
-            unsafe { libc::malloc_trim(0) };
+            give_back_memory();
         }
         let shape = self.state.shape();
         let rules = shape.chains.values().map(|c| c.rules.len()).sum();
@@ -187,6 +190,7 @@ impl Syncer {
                 tracing::error!("repair failed: {e}")
             }
         }
+        give_back_memory();
         self.last_full = Instant::now();
     }
 
