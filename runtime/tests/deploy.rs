@@ -2,6 +2,7 @@
 //! over, the ClusterRole grants exactly `svc_nft::cluster::API_CALLS`, and the DaemonSet has
 //! what a kube-proxy replacement needs. No cluster, no kernel.
 
+use clap::Parser;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,19 +20,6 @@ use svc_nft::cluster::API_CALLS;
 
 const KUSTOMIZATION: &str = "kustomization.yaml";
 const HEALTHZ_PORT: i32 = 10256;
-/// Keys of the agent's config file (KubeProxyConfiguration names, plus two of its own).
-const CONFIG_KEYS: &[&str] = &[
-    "clusterCIDR",
-    "serviceCIDR",
-    "nodePortAddresses",
-    "masqueradeAll",
-    "hostnameOverride",
-    "healthzBindAddress",
-    "metricsBindAddress",
-    "minSyncPeriod",
-    "syncPeriod",
-    "logFormat",
-];
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -350,20 +338,22 @@ fn config_map_holds_the_agents_config_file() {
     let text = data
         .get("config.yaml")
         .expect("config.yaml in the ConfigMap");
-    let config: Value = serde_yaml::from_str(text).expect("config.yaml is YAML");
-    let keys: BTreeSet<&str> = config
-        .as_object()
-        .expect("config.yaml is a mapping")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(keys, CONFIG_KEYS.iter().copied().collect());
-    assert!(config["nodePortAddresses"].is_array(), "nodePortAddresses");
-    assert!(config["masqueradeAll"].is_boolean(), "masqueradeAll");
-    assert!(
-        ["json", "text"].contains(&config["logFormat"].as_str().unwrap_or_default()),
-        "logFormat"
-    );
+    // The agent's own parser reads it (unknown keys, bad CIDRs or durations are errors).
+    let path = std::env::temp_dir().join(format!("svc-nft-deploy-{}.yaml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let argv = ["svc-nft", "run", "--config", path.to_str().unwrap()];
+    let parsed = svc_nft::cli::Cli::try_parse_from(argv).expect("run --config parses");
+    let svc_nft::cli::Command::Run(run) = parsed.command else {
+        unreachable!("run")
+    };
+    let agent = run.agent();
+    std::fs::remove_file(&path).unwrap();
+    let agent = agent.unwrap_or_else(|e| panic!("config.yaml: {e}"));
+    let port = |addr: Option<std::net::SocketAddr>| addr.map(|a| a.port());
+    assert_eq!(port(agent.healthz), Some(HEALTHZ_PORT as u16));
+    assert_eq!(port(agent.metrics), Some(10249));
+    assert!(!agent.node.cluster_cidrs.is_empty(), "clusterCIDR");
+    assert!(!agent.node.service_cidrs.is_empty(), "serviceCIDR");
 
     // The agent's --config names config.yaml in the directory the ConfigMap is mounted at.
     let volume = pod_spec(&ds).volumes.iter().flatten().find(|v| {
