@@ -5,7 +5,7 @@ use std::fmt::{self, Display, Formatter};
 
 /// Where an object was read: a file (or `-`), the 1-based document in it (0: the file as a
 /// whole), and for `kind: List` the 0-based item.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Origin {
     pub source: String,
     pub document: usize,

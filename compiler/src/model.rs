@@ -4,6 +4,7 @@
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::sync::Arc;
 use svc_nft_ir::L4Proto;
@@ -28,7 +29,7 @@ fn invalid<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T,
 pub type ServiceName = (Arc<str>, Arc<str>);
 
 /// How a Service is reached.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Shape {
     /// One cluster IP per family.
     ClusterIps(Vec<IpAddr>),
@@ -41,22 +42,23 @@ pub enum Shape {
 }
 
 /// A port of a Service or of an endpoint set; `name` is "" for an unnamed port.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Port {
     pub name: String,
+    #[serde(with = "proto_number")]
     pub proto: L4Proto,
     pub port: u16,
 }
 
 /// A port of a Service, and its NodePort if it has one.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePort {
     pub port: Port,
     pub node_port: Option<u16>,
 }
 
-/// A validated Service.
-#[derive(Clone, Debug, PartialEq)]
+/// A validated Service. Serializable: the per-Service compiler keeps it packed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceInfo {
     pub shape: Shape,
     pub has_selector: bool,
@@ -90,8 +92,8 @@ impl ServiceInfo {
 }
 
 /// A validated set of endpoints of one address family: an EndpointSlice, or the mirror of one
-/// subset of v1 Endpoints.
-#[derive(Clone, Debug, PartialEq)]
+/// subset of v1 Endpoints. Serializable: the per-Service compiler keeps it packed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SliceInfo {
     pub service: ServiceName,
     pub ports: Vec<Port>,
@@ -99,7 +101,7 @@ pub struct SliceInfo {
 }
 
 /// One endpoint, with the conditions and placement that decide who may use it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EndpointInfo {
     pub ip: IpAddr,
     pub ready: bool,
@@ -402,4 +404,27 @@ fn subset_ports<'a>(
             })
         })
         .collect()
+}
+
+/// A protocol as its IANA number, for packed slices (the IR type is not serializable).
+mod proto_number {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use svc_nft_ir::L4Proto;
+
+    pub fn serialize<S: Serializer>(p: &L4Proto, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(match p {
+            L4Proto::Tcp => 6,
+            L4Proto::Udp => 17,
+            L4Proto::Sctp => 132,
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<L4Proto, D::Error> {
+        match u8::deserialize(d)? {
+            6 => Ok(L4Proto::Tcp),
+            17 => Ok(L4Proto::Udp),
+            132 => Ok(L4Proto::Sctp),
+            n => Err(serde::de::Error::custom(format!("protocol {n}"))),
+        }
+    }
 }

@@ -26,18 +26,21 @@ use crate::{object_id, UdpTargets, SKIP_MIRROR_LABEL};
 use flush::{PickKey, RecorderKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
 use std::sync::Arc;
 use svc_nft_ir::{Table, Transaction};
 
 /// A validated Service and where it came from (for diagnostics).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Known {
     pub info: ServiceInfo,
     pub origin: Origin,
 }
 
 /// The endpoints one object (an EndpointSlice, or v1 Endpoints) gives a Service.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub(crate) struct Source {
     /// From v1 Endpoints: only used while the Service has no selector.
     pub mirrored: bool,
@@ -51,9 +54,43 @@ type SourceId = (&'static str, Arc<str>, Arc<str>);
 /// Services every map entry counts).
 #[derive(Debug, Default)]
 struct Entry {
-    known: Option<Box<Known>>,
-    /// By the object that carried them, sorted (a Service has one or two).
-    sources: Vec<(SourceId, Source)>,
+    known: Option<Packed<Known>>,
+    /// By the object that carried them, sorted (a Service has one or two); `bool`: mirrored
+    /// from v1 Endpoints (see [`Source`]).
+    sources: Vec<(SourceId, bool, Packed<Vec<SliceInfo>>)>,
+}
+
+/// A value kept serialized (postcard): a fraction of the memory of the structs with their
+/// vectors and strings; unpacked only to compile that Service.
+struct Packed<T> {
+    bytes: Box<[u8]>,
+    of: PhantomData<T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Packed<T> {
+    fn of(value: &T) -> Packed<T> {
+        let bytes = postcard::to_allocvec(value).expect("the model serializes");
+        Packed {
+            bytes: bytes.into_boxed_slice(),
+            of: PhantomData,
+        }
+    }
+
+    fn get(&self) -> T {
+        postcard::from_bytes(&self.bytes).expect("packed by Packed::of")
+    }
+}
+
+impl<T> PartialEq for Packed<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl<T> std::fmt::Debug for Packed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "Packed({} bytes)", self.bytes.len())
+    }
 }
 
 /// What a Service is compiled from.
@@ -291,17 +328,14 @@ impl Incremental {
         }
         self.touch(&name);
         let entry = self.entries.entry(name).or_default();
-        if entry
-            .known
-            .replace(Box::new(Known { info, origin }))
-            .is_none()
-        {
+        let packed = Packed::of(&Known { info, origin });
+        if entry.known.replace(packed).is_none() {
             self.services += 1;
         }
     }
 
     fn remove_service(&mut self, name: &ServiceName) {
-        if self.known(name).is_none() {
+        if !self.entries.get(name).is_some_and(|e| e.known.is_some()) {
             return;
         }
         self.touch(name);
@@ -313,8 +347,8 @@ impl Incremental {
         }
     }
 
-    fn known(&self, name: &ServiceName) -> Option<&Known> {
-        self.entries.get(name)?.known.as_deref()
+    fn known(&self, name: &ServiceName) -> Option<Known> {
+        self.entries.get(name)?.known.as_ref().map(Packed::get)
     }
 
     /// The Services, in name order.
@@ -334,16 +368,15 @@ impl Incremental {
     /// What `name` compiles from now.
     fn inputs(&self, name: &ServiceName) -> Option<Inputs> {
         let entry = self.entries.get(name)?;
-        let known = entry.known.as_ref()?;
+        let known = entry.known.as_ref()?.get();
         let slices = entry
             .sources
             .iter()
-            .map(|(_, s)| s)
-            .filter(|s| !(s.mirrored && known.info.has_selector))
-            .flat_map(|s| s.slices.iter().cloned())
+            .filter(|(_, mirrored, _)| !(*mirrored && known.info.has_selector))
+            .flat_map(|(_, _, packed)| packed.get())
             .collect();
         Some(Inputs {
-            info: known.info.clone(),
+            info: known.info,
             slices,
         })
     }
@@ -365,46 +398,44 @@ impl Incremental {
 
     /// Set (or with `None` drop) the endpoints one object gives its Service. An object
     /// carries one Service's endpoints; if it moved to another Service, both are recompiled.
-    fn set_source(&mut self, key: SourceId, mut source: Option<Source>) {
-        for slice in source.iter_mut().flat_map(|s| &mut s.slices) {
-            slice.service = self.name_of(&slice.service.0, &slice.service.1);
-            for ep in &mut slice.endpoints {
-                ep.node_name = ep.node_name.as_deref().map(|n| self.intern(n));
-                for zone in ep.zones.iter_mut().flat_map(|z| z.iter_mut()) {
-                    *zone = self.intern(zone);
-                }
-            }
-        }
+    fn set_source(&mut self, key: SourceId, source: Option<Source>) {
+        let service = source
+            .as_ref()
+            .and_then(|s| s.slices.first())
+            .map(|s| self.name_of(&s.service.0, &s.service.1));
+        let packed = source.as_ref().map(|s| (s.mirrored, Packed::of(&s.slices)));
         if let Some(old) = self.owners.remove(&key) {
-            let unchanged = source.as_ref().is_some_and(|s| {
-                s.slices.first().map(|x| &x.service) == Some(&old)
-                    && self.source(&old, &key) == Some(s)
-            });
+            let unchanged = service.as_ref() == Some(&old)
+                && packed.as_ref().is_some_and(|(m, p)| self.source(&old, &key) == Some((*m, p)));
             if unchanged {
                 self.owners.insert(key, old);
                 return;
             }
             self.touch(&old);
             if let Some(entry) = self.entries.get_mut(&old) {
-                entry.sources.retain(|(k, _)| *k != key);
+                entry.sources.retain(|(k, _, _)| *k != key);
                 if entry.sources.is_empty() && entry.known.is_none() {
                     self.entries.remove(&old);
                 }
             }
         }
-        let Some(source) = source else { return };
-        let Some(service) = source.slices.first().map(|s| s.service.clone()) else {
+        let (Some(service), Some((mirrored, packed))) = (service, packed) else {
             return;
         };
         self.touch(&service);
         self.owners.insert(key.clone(), service.clone());
         let list = &mut self.entries.entry(service).or_default().sources;
-        let at = list.partition_point(|(k, _)| *k < key);
-        list.insert(at, (key, source));
+        let at = list.partition_point(|(k, _, _)| *k < key);
+        list.insert(at, (key, mirrored, packed));
     }
 
-    fn source(&self, service: &ServiceName, key: &SourceId) -> Option<&Source> {
+    fn source(
+        &self,
+        service: &ServiceName,
+        key: &SourceId,
+    ) -> Option<(bool, &Packed<Vec<SliceInfo>>)> {
         let list = &self.entries.get(service)?.sources;
-        list.iter().find(|(k, _)| k == key).map(|(_, s)| s)
+        let found = list.iter().find(|(k, _, _)| k == key);
+        found.map(|(_, mirrored, packed)| (*mirrored, packed))
     }
 }
