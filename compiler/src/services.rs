@@ -8,15 +8,15 @@ use crate::layout::{Frontend, ServicePort};
 use crate::model::{Invalid, ServiceInfo, ServiceName, Shape, SliceInfo};
 use crate::node::NodeFacts;
 use ipnet::IpNet;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use svc_nft_ir::L4Proto;
 
 /// Addresses and ports already taken, and by whom: two Services cannot share a frontend.
 #[derive(Default)]
 pub struct Claims {
-    cluster_ips: BTreeMap<IpAddr, ServiceName>,
-    frontends: BTreeMap<(IpAddr, L4Proto, u16), ServiceName>,
+    cluster_ips: HashMap<IpAddr, ServiceName>,
+    frontends: HashMap<(IpAddr, L4Proto, u16), ServiceName>,
 }
 
 /// What one Service compiles to.

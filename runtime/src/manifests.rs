@@ -12,8 +12,27 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, SystemTime};
 use svc_nft_compiler::{manifest, Object, Resource};
 
-/// (kind, namespace, name)
-type Key = (&'static str, String, String);
+/// `Kind/namespace/name` in one allocation: the directory holds one per object (names
+/// cannot contain `/`).
+type Key = Box<str>;
+
+const KINDS: [&str; 3] = ["Service", "EndpointSlice", "Endpoints"];
+
+/// A key's kind, namespace and name.
+fn parts(key: &str) -> (&'static str, String, String) {
+    let mut parts = key.splitn(3, '/');
+    let kind = parts.next().unwrap_or_default();
+    let kind = KINDS
+        .into_iter()
+        .find(|k| *k == kind)
+        .expect("keys are made by key()");
+    let namespace = parts.next().unwrap_or_default().to_string();
+    (
+        kind,
+        namespace,
+        parts.next().unwrap_or_default().to_string(),
+    )
+}
 
 /// How a file looked when last read: any create, write or rename changes it.
 type Stamp = (u64, Option<SystemTime>);
@@ -31,8 +50,9 @@ fn key(obj: &Object) -> Key {
         Resource::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
         Resource::Endpoints(e) => ("Endpoints", &e.metadata),
     };
-    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
-    (kind, namespace, meta.name.clone().unwrap_or_default())
+    let namespace = meta.namespace.as_deref().unwrap_or("default");
+    let name = meta.name.as_deref().unwrap_or_default();
+    format!("{kind}/{namespace}/{name}").into()
 }
 
 /// The manifest files of `dir` and their stamps.
@@ -113,11 +133,8 @@ impl Directory {
                 let key = key(&object);
                 match earlier(&key) {
                     Some(first) => tracing::warn!(
-                        "rejected: {}: {} {}/{}: defined again (first in {}); this copy is ignored",
+                        "rejected: {}: {key}: defined again (first in {}); this copy is ignored",
                         path.display(),
-                        key.0,
-                        key.1,
-                        key.2,
                         first.display()
                     ),
                     None if result.is_ok() => {
@@ -143,7 +160,7 @@ impl Directory {
                     reread.entry(path).or_default().insert(key);
                 }
                 None => {
-                    let (kind, namespace, name) = key;
+                    let (kind, namespace, name) = parts(&key);
                     send(Update::Remove {
                         kind,
                         namespace,

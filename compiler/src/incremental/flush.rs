@@ -9,7 +9,8 @@ use crate::layout::{self, endpoints_map, Contribution, ServicePort};
 use crate::model::{Invalid, ServiceName};
 use crate::services::{self, Claims, Expanded};
 use crate::UdpTargets;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::OnceLock;
 use svc_nft_ir::{diff, Chain, Data, Element, Key, L4Proto, Set, Table, Value};
 
@@ -115,7 +116,7 @@ impl Incremental {
         self.notes.clear();
         self.picks.clear();
         self.recorders.clear();
-        self.hairpins.clear();
+        self.hairpins = AddrCounts::default();
         self.udp_endpoints.clear();
         self.elements = 0;
         self.health.clear();
@@ -202,22 +203,8 @@ impl Incremental {
     fn count(&mut self, c: &Contribution, sign: Sign, mut change: Option<&mut Change>) {
         for (set, key, element) in &c.elements {
             if is_hairpin(set) {
-                let ip = key[0].clone();
-                let Some(ip) = ip_of(&ip) else { continue };
-                let n = self.hairpins.entry(ip).or_default();
-                let first_or_last = match sign {
-                    Sign::Add => *n == 0,
-                    Sign::Remove => *n == 1,
-                };
-                *n = if sign == Sign::Add {
-                    *n + 1
-                } else {
-                    n.saturating_sub(1)
-                };
-                if *n == 0 {
-                    self.hairpins.remove(&ip);
-                }
-                if !first_or_last {
+                let Some(ip) = ip_of(&key[0]) else { continue };
+                if !self.hairpins.count(ip, sign == Sign::Add) {
                     continue;
                 }
             }
@@ -322,6 +309,42 @@ fn ip_of(v: &Value) -> Option<std::net::IpAddr> {
         Value::Ipv6(a) => Some((*a).into()),
         _ => None,
     }
+}
+
+/// How many Service ports use each endpoint address; v4 addresses as `u32` keys, which at
+/// 300k endpoints is a third of the memory of `IpAddr` keys.
+#[derive(Default)]
+pub(super) struct AddrCounts {
+    v4: HashMap<u32, u32>,
+    v6: HashMap<u128, u32>,
+}
+
+impl AddrCounts {
+    /// Count `ip` in (`add`) or out; whether it was its first or last use.
+    fn count(&mut self, ip: IpAddr, add: bool) -> bool {
+        match ip {
+            IpAddr::V4(a) => bump_count(&mut self.v4, u32::from(a), add),
+            IpAddr::V6(a) => bump_count(&mut self.v6, u128::from(a), add),
+        }
+    }
+}
+
+fn bump_count<K: std::hash::Hash + Eq + Copy>(
+    counts: &mut HashMap<K, u32>,
+    key: K,
+    add: bool,
+) -> bool {
+    let n = counts.entry(key).or_default();
+    let edge = if add { *n == 0 } else { *n == 1 };
+    if add {
+        *n += 1;
+    } else {
+        *n = n.saturating_sub(1);
+    }
+    if *n == 0 {
+        counts.remove(&key);
+    }
+    edge
 }
 
 fn bump<K: Ord + Clone>(counts: &mut BTreeMap<K, usize>, key: &K, sign: Sign) {

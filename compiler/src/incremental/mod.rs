@@ -24,11 +24,11 @@ use crate::node::NodeFacts;
 use crate::services::Claims;
 use crate::{object_id, UdpTargets, SKIP_MIRROR_LABEL};
 use flush::{PickKey, RecorderKey};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::marker::PhantomData;
+use std::net::IpAddr;
 use std::sync::Arc;
 use svc_nft_ir::{Table, Transaction};
 
@@ -40,7 +40,7 @@ pub(crate) struct Known {
 }
 
 /// The endpoints one object (an EndpointSlice, or v1 Endpoints) gives a Service.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Source {
     /// From v1 Endpoints: only used while the Service has no selector.
     pub mirrored: bool,
@@ -48,16 +48,41 @@ pub(crate) struct Source {
 }
 
 /// `(kind, namespace, name)` of an endpoints object.
-type SourceId = (&'static str, Arc<str>, Arc<str>);
+/// An endpoints object's `(kind, namespace, name)` as a 128-bit hash: at 100k objects the
+/// names themselves would cost megabytes, and the hash only has to tell them apart.
+type SourceId = u128;
+
+fn source_id(kind: &str, namespace: &str, name: &str) -> SourceId {
+    use std::hash::{Hash, Hasher};
+    let half = |seed: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (seed, kind, namespace, name).hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(0)) << 64) | u128::from(half(1))
+}
 
 /// What is known under one Service name (one map for both keeps a name's cost down: at 100k
 /// Services every map entry counts).
 #[derive(Debug, Default)]
 struct Entry {
     known: Option<Packed<Known>>,
-    /// By the object that carried them, sorted (a Service has one or two); `bool`: mirrored
-    /// from v1 Endpoints (see [`Source`]).
-    sources: Vec<(SourceId, bool, Packed<Vec<SliceInfo>>)>,
+    /// The endpoints objects naming it, by id (sorted; usually one or two), packed as one.
+    sources: Option<Packed<Vec<(SourceId, Source)>>>,
+}
+
+impl Entry {
+    fn sources(&self) -> Vec<(SourceId, Source)> {
+        self.sources.as_ref().map(Packed::get).unwrap_or_default()
+    }
+
+    fn set_sources(&mut self, list: Vec<(SourceId, Source)>) {
+        self.sources = (!list.is_empty()).then(|| Packed::of(&list));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.known.is_none() && self.sources.is_none()
+    }
 }
 
 /// A value kept serialized (postcard): a fraction of the memory of the structs with their
@@ -123,7 +148,7 @@ pub struct Incremental {
     picks: BTreeMap<PickKey, usize>,
     recorders: BTreeMap<RecorderKey, usize>,
     /// Endpoints in the hairpin sets, and how many Service ports put each there.
-    hairpins: HashMap<IpAddr, u32>,
+    hairpins: flush::AddrCounts,
     /// UDP endpoints and how many endpoint-map elements lead to each.
     udp_endpoints: HashMap<(IpAddr, u16), u32>,
     /// Elements the Services put in the table.
@@ -177,7 +202,7 @@ impl Incremental {
             shape: layout::skeleton(node),
             picks: BTreeMap::new(),
             recorders: BTreeMap::new(),
-            hairpins: HashMap::new(),
+            hairpins: flush::AddrCounts::default(),
             udp_endpoints: HashMap::new(),
             elements: 0,
             health: BTreeMap::new(),
@@ -262,8 +287,7 @@ impl Incremental {
                 }
             },
             Resource::EndpointSlice(slice) => {
-                let (namespace, name) = self.name_of(&id.namespace, &id.name);
-                let key = ("EndpointSlice", namespace, name);
+                let key = source_id("EndpointSlice", &id.namespace, &id.name);
                 match model::endpoint_slice(slice) {
                     Ok(found) => {
                         let source = Source {
@@ -280,8 +304,7 @@ impl Incremental {
                 }
             }
             Resource::Endpoints(eps) => {
-                let (namespace, name) = self.name_of(&id.namespace, &id.name);
-                let key = ("Endpoints", namespace, name);
+                let key = source_id("Endpoints", &id.namespace, &id.name);
                 let skip = eps
                     .metadata
                     .labels
@@ -312,11 +335,14 @@ impl Incremental {
 
     /// Forget an object. `kind`: Service, EndpointSlice or Endpoints.
     pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) {
-        let (namespace, name) = self.name_of(namespace, name);
         match kind {
-            "Service" => self.remove_service(&(namespace, name)),
-            "EndpointSlice" => self.set_source(("EndpointSlice", namespace, name), None),
-            "Endpoints" => self.set_source(("Endpoints", namespace, name), None),
+            "Service" => {
+                let name = self.name_of(namespace, name);
+                self.remove_service(&name)
+            }
+            "EndpointSlice" | "Endpoints" => {
+                self.set_source(source_id(kind, namespace, name), None)
+            }
             _ => {}
         }
     }
@@ -335,14 +361,14 @@ impl Incremental {
     }
 
     fn remove_service(&mut self, name: &ServiceName) {
-        if !self.entries.get(name).is_some_and(|e| e.known.is_some()) {
+        if self.entries.get(name).is_none_or(|e| e.known.is_none()) {
             return;
         }
         self.touch(name);
         let entry = self.entries.get_mut(name).expect("known");
         entry.known = None;
         self.services -= 1;
-        if entry.sources.is_empty() {
+        if entry.is_empty() {
             self.entries.remove(name);
         }
     }
@@ -370,10 +396,10 @@ impl Incremental {
         let entry = self.entries.get(name)?;
         let known = entry.known.as_ref()?.get();
         let slices = entry
-            .sources
-            .iter()
-            .filter(|(_, mirrored, _)| !(*mirrored && known.info.has_selector))
-            .flat_map(|(_, _, packed)| packed.get())
+            .sources()
+            .into_iter()
+            .filter(|(_, s)| !(s.mirrored && known.info.has_selector))
+            .flat_map(|(_, s)| s.slices)
             .collect();
         Some(Inputs {
             info: known.info,
@@ -392,8 +418,7 @@ impl Incremental {
             mirrored: false,
             slices,
         };
-        let (namespace, name) = self.name_of(&id.namespace, &id.name);
-        self.set_source((kind, namespace, name), Some(source));
+        self.set_source(source_id(kind, &id.namespace, &id.name), Some(source));
     }
 
     /// Set (or with `None` drop) the endpoints one object gives its Service. An object
@@ -403,39 +428,38 @@ impl Incremental {
             .as_ref()
             .and_then(|s| s.slices.first())
             .map(|s| self.name_of(&s.service.0, &s.service.1));
-        let packed = source.as_ref().map(|s| (s.mirrored, Packed::of(&s.slices)));
         if let Some(old) = self.owners.remove(&key) {
+            let mut list = self
+                .entries
+                .get(&old)
+                .map(Entry::sources)
+                .unwrap_or_default();
             let unchanged = service.as_ref() == Some(&old)
-                && packed.as_ref().is_some_and(|(m, p)| self.source(&old, &key) == Some((*m, p)));
+                && list
+                    .iter()
+                    .any(|(k, s)| *k == key && Some(s) == source.as_ref());
             if unchanged {
                 self.owners.insert(key, old);
                 return;
             }
             self.touch(&old);
+            list.retain(|(k, _)| *k != key);
             if let Some(entry) = self.entries.get_mut(&old) {
-                entry.sources.retain(|(k, _, _)| *k != key);
-                if entry.sources.is_empty() && entry.known.is_none() {
+                entry.set_sources(list);
+                if entry.is_empty() {
                     self.entries.remove(&old);
                 }
             }
         }
-        let (Some(service), Some((mirrored, packed))) = (service, packed) else {
+        let (Some(service), Some(source)) = (service, source) else {
             return;
         };
         self.touch(&service);
-        self.owners.insert(key.clone(), service.clone());
-        let list = &mut self.entries.entry(service).or_default().sources;
-        let at = list.partition_point(|(k, _, _)| *k < key);
-        list.insert(at, (key, mirrored, packed));
-    }
-
-    fn source(
-        &self,
-        service: &ServiceName,
-        key: &SourceId,
-    ) -> Option<(bool, &Packed<Vec<SliceInfo>>)> {
-        let list = &self.entries.get(service)?.sources;
-        let found = list.iter().find(|(k, _, _)| k == key);
-        found.map(|(_, mirrored, packed)| (*mirrored, packed))
+        self.owners.insert(key, service.clone());
+        let entry = self.entries.entry(service).or_default();
+        let mut list = entry.sources();
+        let at = list.partition_point(|(k, _)| *k < key);
+        list.insert(at, (key, source));
+        entry.set_sources(list);
     }
 }
