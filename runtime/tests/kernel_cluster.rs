@@ -11,7 +11,7 @@ use netns::{eventually, tcp, Netns, Outcome};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -35,14 +35,9 @@ impl Agent {
             api.url()
         );
         std::fs::write(&kubeconfig, config).unwrap();
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &node.name,
-                env!("CARGO_BIN_EXE_svc-nft"),
-                "run",
-            ])
+        let child = node
+            .command(env!("CARGO_BIN_EXE_svc-nft"))
+            .arg("run")
             .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
             .args(["--hostname-override", "node-a"])
             .args(["--min-sync-period", "100ms", "--sync-period", "2s"])

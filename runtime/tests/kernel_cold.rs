@@ -42,15 +42,9 @@ fn compiled(manifests: &str, node: &NodeFacts) -> Table {
 /// `svc-nft apply` in `ns` with the cold load's debug line on stderr; `env` added to its
 /// environment.
 fn apply(ns: &Netns, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new("ip");
+    let mut command = ns.command("env");
     command
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "env",
-            "SVC_NFT_LOG=svc_nft=debug",
-        ])
+        .arg("SVC_NFT_LOG=svc_nft=debug")
         .args(env.iter().map(|(k, v)| format!("{k}={v}")))
         .arg(env!("CARGO_BIN_EXE_svc-nft"))
         .arg("apply")

@@ -6,7 +6,7 @@ mod netns;
 use netns::cluster::{answers, pairs, Cluster, CIDRS};
 use netns::{eventually, tcp, Netns, Outcome};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -107,15 +107,9 @@ impl AgentProcess {
     /// `own_group`, so that a kill reaches the nft it runs too.
     fn spawn(node: &Netns, dir: &std::path::Path, extra: &[&str], own_group: bool) -> Child {
         use std::os::unix::process::CommandExt;
-        let mut command = Command::new("ip");
+        let mut command = node.command(env!("CARGO_BIN_EXE_svc-nft"));
         command
-            .args([
-                "netns",
-                "exec",
-                &node.name,
-                env!("CARGO_BIN_EXE_svc-nft"),
-                "run",
-            ])
+            .arg("run")
             .args(["--manifests", dir.to_str().unwrap()])
             .args(CIDRS)
             .args(extra)

@@ -134,19 +134,26 @@ impl Netns {
         );
     }
 
+    /// `program`, to be run inside this namespace (`ip netns exec NAME program`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
     /// `ip netns exec NAME argv...`, output returned whatever the exit status.
     pub fn exec(&self, argv: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(argv)
+        self.command(argv[0])
+            .args(&argv[1..])
             .output()
             .unwrap_or_else(|e| panic!("spawn ip netns exec {argv:?}: {e}"))
     }
 
     /// Loads an nft script (`nft -f -`, script on stdin); Err carries nft's stderr.
     pub fn nft(&self, script: &str) -> Result<String, String> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+        let mut child = self
+            .command("nft")
+            .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -168,18 +175,14 @@ impl Netns {
     /// `nft <args>` in the namespace, e.g. `nft_list("-j list table inet svc-nft")`;
     /// panics on failure.
     pub fn nft_list(&self, args: &str) -> String {
-        must(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name, "nft"])
-                .args(args.split_whitespace()),
-        )
+        must(self.command("nft").args(args.split_whitespace()))
     }
 
     /// Sets a sysctl in this namespace only (`ip netns exec` + `sysctl -w`).
     pub fn sysctl(&self, key: &str, value: &str) {
         must(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name, "sysctl", "-qw"])
+            self.command("sysctl")
+                .arg("-qw")
                 .arg(format!("{key}={value}")),
         );
     }
