@@ -101,11 +101,9 @@ pub fn compile(objects: &[Object], node: &NodeFacts) -> Compiled {
     for (info, obj) in services.into_values() {
         state.set_service(info, obj.origin.clone(), object_id(obj));
     }
-    diagnostics.extend(state.rebuild());
-    Compiled {
-        table: state.table(),
-        diagnostics,
-    }
+    let (table, clashes) = state.compile_table();
+    diagnostics.extend(clashes);
+    Compiled { table, diagnostics }
 }
 
 /// Whether v1 Endpoints are mirrored into a slice: only for Services without a selector (the

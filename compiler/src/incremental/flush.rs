@@ -89,17 +89,30 @@ impl Incremental {
 
     /// The whole table as of the last flush (what a full replace loads).
     pub fn table(&self) -> Table {
+        let contributions = self
+            .names()
+            .filter(|n| !self.clashed.contains(*n))
+            .map(|name| {
+                let inputs = self.inputs(name).expect("known");
+                Contribution::of(&self.ports_alone(name, &inputs))
+            });
+        self.filled(contributions.flat_map(|c| c.elements))
+    }
+
+    /// Rebuild from the inputs and return the whole table with the clashes: what a one-off
+    /// compile wants, expanding each Service once instead of twice.
+    pub(crate) fn compile_table(&mut self) -> (Table, Vec<Diagnostic>) {
+        let mut elements = Vec::new();
+        let diagnostics = self.rebuild_collecting(Some(&mut elements));
+        (self.filled(elements.into_iter()), diagnostics)
+    }
+
+    /// The shape with these elements in its sets.
+    fn filled(&self, elements: impl Iterator<Item = (String, Key, Element)>) -> Table {
         let mut table = self.shape.clone();
-        for name in self.names() {
-            if self.clashed.contains(name) {
-                continue;
-            }
-            let inputs = self.inputs(name).expect("known");
-            let c = Contribution::of(&self.ports_alone(name, &inputs));
-            for (set, key, element) in c.elements {
-                let set = table.sets.get_mut(&set).expect("every set is declared");
-                set.elements.insert(key, element);
-            }
+        for (set, key, element) in elements {
+            let set = table.sets.get_mut(&set).expect("every set is declared");
+            set.elements.insert(key, element);
         }
         table
     }
@@ -107,6 +120,14 @@ impl Incremental {
     /// Compile everything again from the inputs, in name order (earlier names win clashes);
     /// returns the Services left out by clashes.
     pub(crate) fn rebuild(&mut self) -> Vec<Diagnostic> {
+        self.rebuild_collecting(None)
+    }
+
+    /// [`Incremental::rebuild`], also handing every element added to `elements`.
+    fn rebuild_collecting(
+        &mut self,
+        mut elements: Option<&mut Vec<(String, Key, Element)>>,
+    ) -> Vec<Diagnostic> {
         self.touched.clear();
         self.built = true;
         self.node_changed = false;
@@ -125,7 +146,12 @@ impl Incremental {
         for name in &names {
             let inputs = self.inputs(name).expect("known");
             match self.expand(name, &inputs) {
-                Ok(expanded) => self.accept(name, &inputs, expanded, None),
+                Ok(expanded) => {
+                    let added = self.accept(name, &inputs, expanded, None);
+                    if let Some(all) = elements.as_deref_mut() {
+                        all.extend(added.elements);
+                    }
+                }
                 Err(e) => {
                     let origin = self.known(name).expect("named").origin.clone();
                     let id = ObjectId {
@@ -179,14 +205,14 @@ impl Incremental {
             .unwrap_or_default()
     }
 
-    /// Put an accepted Service in: its elements, notes and health check.
+    /// Put an accepted Service in: its elements, notes and health check. Returns what it adds.
     fn accept(
         &mut self,
         name: &ServiceName,
         inputs: &Inputs,
         expanded: Expanded,
         change: Option<&mut Change>,
-    ) {
+    ) -> Contribution {
         if let Some(port) = inputs.info.health_check_node_port {
             let local = expanded.ports.iter().map(|p| p.endpoints.local.len());
             self.health
@@ -195,7 +221,9 @@ impl Incremental {
         if !expanded.notes.is_empty() {
             self.notes.insert(name.clone(), expanded.notes);
         }
-        self.count(&Contribution::of(&expanded.ports), Sign::Add, change);
+        let added = Contribution::of(&expanded.ports);
+        self.count(&added, Sign::Add, change);
+        added
     }
 
     /// Count what a Service adds or removes; note in `change` what enters or leaves the
