@@ -75,9 +75,29 @@ impl Display for ObjectId {
     }
 }
 
-/// One rejected document or object.
+/// Whether a diagnostic rejects what it names, or only points something out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// The document or object is rejected (left out, or its last good version kept).
+    #[default]
+    Error,
+    /// Accepted as it is; worth a look (an unknown field, a skipped file).
+    Warning,
+}
+
+impl Display for Severity {
+    fn fmt(&self, f: &mut Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
+/// One rejected (or, with [`Severity::Warning`], questionable) document or object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
+    pub severity: Severity,
     pub origin: Origin,
     pub object: Option<ObjectId>,
     /// The field path inside the object, e.g. `spec.ports[0].port`.
@@ -93,11 +113,24 @@ impl Diagnostic {
         message: String,
     ) -> Diagnostic {
         Diagnostic {
+            severity: Severity::Error,
             origin,
             object,
             field,
             message,
         }
+    }
+
+    /// The same diagnostic as a warning: nothing is rejected.
+    pub fn warning(self) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..self
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
     }
 }
 

@@ -17,7 +17,7 @@ mod node;
 mod services;
 
 pub use chains::{affinity_recorders, AffinityRecorder, MASQUERADE_MARK};
-pub use diagnostic::{Diagnostic, ObjectId, Origin};
+pub use diagnostic::{Diagnostic, ObjectId, Origin, Severity};
 pub use incremental::{Delta, HealthCheck, Incremental};
 pub use layout::{udp_targets, UdpTargets};
 pub use manifest::{parse, Object, Resource};

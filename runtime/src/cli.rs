@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use svc_nft_compiler::{compile, Compiled, NodeFacts, DEFAULT_TABLE};
+use svc_nft_compiler::{compile, Compiled, Diagnostic, NodeFacts, DEFAULT_TABLE};
 use svc_nft_ir::replace_script;
 
 #[derive(Debug, Parser)]
@@ -157,9 +157,9 @@ pub fn compile_paths(paths: &[PathBuf], node: &NodeFacts, err: &mut dyn Write) -
     diagnostics.sort_by(|a, b| a.origin.cmp(&b.origin));
     for d in &diagnostics {
         // A closed stderr must not turn a diagnostic into a panic.
-        let _ = writeln!(err, "error: {d}");
+        let _ = writeln!(err, "{}: {d}", d.severity);
     }
-    (compiled, diagnostics.is_empty())
+    (compiled, !diagnostics.iter().any(Diagnostic::is_error))
 }
 
 /// Run a command; the return value is the process exit status.
