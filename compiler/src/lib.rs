@@ -99,7 +99,7 @@ pub fn compile(objects: &[Object], node: &NodeFacts) -> Compiled {
         }
     }
     for (info, obj) in services.into_values() {
-        state.set_service(info, obj.origin.clone(), object_id(obj));
+        let _ = state.set_service(info, obj.origin.clone(), object_id(obj));
     }
     let (table, clashes) = state.compile_table();
     diagnostics.extend(clashes);
@@ -145,7 +145,8 @@ fn missing_service(obj: &Object, service: &ServiceName) -> Invalid {
     }
 }
 
-pub(crate) fn object_id(obj: &Object) -> ObjectId {
+/// `Kind namespace/name` of an object (namespace `default` when it names none, as kubectl).
+pub fn object_id(obj: &Object) -> ObjectId {
     let (kind, meta) = match &obj.resource {
         Resource::Service(s) => ("Service", &s.metadata),
         Resource::EndpointSlice(s) => ("EndpointSlice", &s.metadata),

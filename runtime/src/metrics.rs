@@ -88,6 +88,7 @@ struct Values {
     service_changes: u64,
     conntrack_deleted: u64,
     rejected_objects: u64,
+    rejected_now: f64,
 }
 
 /// The agent's metrics registry. Share it as `Arc<Metrics>`; every method takes `&self`.
@@ -122,6 +123,7 @@ impl Metrics {
                 service_changes: 0,
                 conntrack_deleted: 0,
                 rejected_objects: 0,
+                rejected_now: 0.0,
             }),
         }
     }
@@ -199,6 +201,12 @@ impl Metrics {
         self.lock().rejected_objects += 1;
     }
 
+    /// The objects rejected now, whose last accepted version (if any) stays in force
+    /// (`svcnft_rejected_objects`).
+    pub fn rejected_now(&self, n: usize) {
+        self.lock().rejected_now = n as f64;
+    }
+
     /// Every metric in the Prometheus text exposition format, version 0.0.4.
     pub fn render(&self) -> String {
         // Copy out, so the lock is not held while formatting.
@@ -265,6 +273,12 @@ impl Metrics {
             "svcnft_services",
             "Services programmed by the last sync",
             v.services,
+        );
+        gauge(
+            &mut out,
+            "svcnft_rejected_objects",
+            "Objects rejected as invalid now (their last accepted version stays in force)",
+            v.rejected_now,
         );
 
         counter(
@@ -493,6 +507,7 @@ mod tests {
         m.endpoint_changes(7);
         m.conntrack_deleted(4);
         m.rejected_object();
+        m.rejected_now(2);
         m.table_size(120, 30, 250);
         m.table_size(100, 20, 200); // gauges are replaced, not added
         m.services(12);
@@ -520,6 +535,10 @@ mod tests {
         assert_eq!(
             sample("kubeproxy_sync_proxy_rules_endpoint_changes_total"),
             "kubeproxy_sync_proxy_rules_endpoint_changes_total 7"
+        );
+        assert_eq!(
+            sample("svcnft_rejected_objects"),
+            "svcnft_rejected_objects 2"
         );
         assert_eq!(
             sample("svcnft_conntrack_entries_deleted_total"),

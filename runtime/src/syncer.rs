@@ -5,7 +5,7 @@
 use crate::engine::{Engine, Route};
 use crate::health::{ProxyHealth, ServiceHealth, ServiceHealthEntry};
 use crate::metrics::Metrics;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -51,6 +51,11 @@ pub struct Syncer {
     /// When changes to endpoints were triggered (EndpointSlice
     /// `endpoints.kubernetes.io/last-change-trigger-time`), for network programming latency.
     triggers: Vec<SystemTime>,
+    /// Objects rejected now (`Kind namespace/name`), with the message logged for them: each
+    /// rejection is logged once per change, not at every rewrite or relist.
+    rejected: HashMap<String, String>,
+    /// When the agent started, until its first sync is done.
+    starting: Option<Instant>,
 }
 
 /// A full replace churns through memory the size of the table (built, rendered, listed);
@@ -58,6 +63,11 @@ pub struct Syncer {
 fn give_back_memory() {
     // SAFETY: malloc_trim only releases free heap pages.
     unsafe { libc::malloc_trim(0) };
+}
+
+/// A duration in milliseconds, rounded to 10 µs: what a log line needs.
+fn milliseconds(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -78,6 +88,8 @@ impl Syncer {
             services_changed: 0,
             endpoints_changed: 0,
             triggers: Vec::new(),
+            rejected: HashMap::new(),
+            starting: Some(Instant::now()),
         }
     }
 
@@ -91,18 +103,36 @@ impl Syncer {
         self.observers.metrics.queued(unix(SystemTime::now()));
     }
 
-    /// Take in an added or changed object; a rejected one is logged (naming it and the field)
-    /// and left out, as if deleted.
+    /// Take in an added or changed object. A rejected one is logged (naming it and the
+    /// field) once per change, and its last accepted version stays in force; an object
+    /// rewritten as it was changes nothing and counts as no change.
     pub fn upsert(&mut self, obj: &Object, trigger: Option<SystemTime>) {
-        if let Err(rejected) = self.state.upsert(obj) {
-            self.observers.metrics.rejected_object();
-            tracing::warn!(
-                object = rejected.object.as_ref().map(ToString::to_string),
-                field = rejected.field,
-                "rejected: {}",
-                rejected.message
-            );
+        let id = svc_nft_compiler::object_id(obj).to_string();
+        match self.state.upsert(obj) {
+            Ok(changed) => {
+                if self.rejected.remove(&id).is_some() {
+                    tracing::info!("accepted again: {id}");
+                }
+                if !changed {
+                    return;
+                }
+            }
+            Err(rejected) => {
+                let message = rejected.to_string();
+                if self.rejected.get(&id) != Some(&message) {
+                    self.observers.metrics.rejected_object();
+                    tracing::warn!(
+                        object = id,
+                        field = rejected.field,
+                        "rejected: {message}; its last accepted version, if any, stays in force"
+                    );
+                    self.rejected.insert(id, message);
+                }
+                self.observers.metrics.rejected_now(self.rejected.len());
+                return;
+            }
         }
+        self.observers.metrics.rejected_now(self.rejected.len());
         self.triggers.extend(trigger);
         let service = matches!(obj.resource, svc_nft_compiler::Resource::Service(_));
         self.queued(service);
@@ -110,8 +140,17 @@ impl Syncer {
 
     /// Forget an object (`kind`: Service, EndpointSlice or Endpoints).
     pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) {
-        self.state.remove(kind, namespace, name);
-        self.queued(kind == "Service");
+        let id = svc_nft_compiler::ObjectId {
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        if self.rejected.remove(&id.to_string()).is_some() {
+            self.observers.metrics.rejected_now(self.rejected.len());
+        }
+        if self.state.remove(kind, namespace, name) {
+            self.queued(kind == "Service");
+        }
     }
 
     pub fn set_node(&mut self, node: &NodeFacts) {
@@ -140,14 +179,28 @@ impl Syncer {
         {
             Ok(s) => {
                 let partial = s.route != Route::Full;
-                tracing::info!(
-                    route = ?s.route,
-                    services = delta.recompiled,
-                    bytes = s.bytes,
-                    took_ms = s.took.as_secs_f64() * 1e3,
-                    "synced: {}",
-                    s.changes
-                );
+                let took_ms = milliseconds(s.took);
+                if s.changes.is_empty() {
+                    tracing::debug!(route = ?s.route, services = delta.recompiled, took_ms, "synced: no change");
+                } else {
+                    tracing::info!(
+                        route = ?s.route,
+                        services = delta.recompiled,
+                        bytes = s.bytes,
+                        took_ms,
+                        "synced: {}",
+                        s.changes
+                    );
+                }
+                if let Some(started) = self.starting.take() {
+                    tracing::info!(
+                        services = state.services(),
+                        elements = state.elements(),
+                        since_start_ms = milliseconds(started.elapsed()),
+                        "first sync done: the kernel serves {} Services",
+                        state.services()
+                    );
+                }
                 let now = SystemTime::now();
                 metrics.sync_done(partial, s.took.as_secs_f64(), unix(now));
                 metrics.conntrack_deleted(s.conntrack_deleted);

@@ -262,8 +262,11 @@ impl Incremental {
         }
     }
 
-    /// Add or replace an object. An invalid one is removed (as if deleted) and reported.
-    pub fn upsert(&mut self, obj: &Object) -> Result<(), Box<Diagnostic>> {
+    /// Add or replace an object; `Ok(true)` when that changed what a Service compiles from
+    /// (rewriting an object as it was changes nothing). An invalid object is reported and
+    /// changes nothing either: the version accepted last stays in force until a valid one
+    /// arrives or the object is removed.
+    pub fn upsert(&mut self, obj: &Object) -> Result<bool, Box<Diagnostic>> {
         let id = object_id(obj);
         let reject = |e: Invalid| {
             let d = Diagnostic::new(
@@ -275,33 +278,18 @@ impl Incremental {
             Box::new(d)
         };
         match &obj.resource {
-            Resource::Service(svc) => match model::service(svc) {
-                Ok(info) => {
-                    self.set_service(info, obj.origin.clone(), id);
-                    Ok(())
-                }
-                Err(e) => {
-                    let name = self.name_of(&id.namespace, &id.name);
-                    self.remove_service(&name);
-                    Err(reject(e))
-                }
-            },
+            Resource::Service(svc) => {
+                let info = model::service(svc).map_err(reject)?;
+                Ok(self.set_service(info, obj.origin.clone(), id))
+            }
             Resource::EndpointSlice(slice) => {
                 let key = source_id("EndpointSlice", &id.namespace, &id.name);
-                match model::endpoint_slice(slice) {
-                    Ok(found) => {
-                        let source = Source {
-                            mirrored: false,
-                            slices: Vec::from_iter(found),
-                        };
-                        self.set_source(key, Some(source));
-                        Ok(())
-                    }
-                    Err(e) => {
-                        self.set_source(key, None);
-                        Err(reject(e))
-                    }
-                }
+                let found = model::endpoint_slice(slice).map_err(reject)?;
+                let source = Source {
+                    mirrored: false,
+                    slices: Vec::from_iter(found),
+                };
+                Ok(self.set_source(key, Some(source)))
             }
             Resource::Endpoints(eps) => {
                 let key = source_id("Endpoints", &id.namespace, &id.name);
@@ -312,29 +300,20 @@ impl Incremental {
                     .and_then(|l| l.get(SKIP_MIRROR_LABEL))
                     .is_some_and(|v| v == "true");
                 if skip {
-                    self.set_source(key, None);
-                    return Ok(());
+                    return Ok(self.set_source(key, None));
                 }
-                match model::endpoints(eps) {
-                    Ok(slices) => {
-                        let source = Source {
-                            mirrored: true,
-                            slices,
-                        };
-                        self.set_source(key, Some(source));
-                        Ok(())
-                    }
-                    Err(e) => {
-                        self.set_source(key, None);
-                        Err(reject(e))
-                    }
-                }
+                let slices = model::endpoints(eps).map_err(reject)?;
+                let source = Source {
+                    mirrored: true,
+                    slices,
+                };
+                Ok(self.set_source(key, Some(source)))
             }
         }
     }
 
-    /// Forget an object. `kind`: Service, EndpointSlice or Endpoints.
-    pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) {
+    /// Forget an object; whether it was known. `kind`: Service, EndpointSlice or Endpoints.
+    pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) -> bool {
         match kind {
             "Service" => {
                 let name = self.name_of(namespace, name);
@@ -343,14 +322,15 @@ impl Incremental {
             "EndpointSlice" | "Endpoints" => {
                 self.set_source(source_id(kind, namespace, name), None)
             }
-            _ => {}
+            _ => false,
         }
     }
 
-    pub(crate) fn set_service(&mut self, info: ServiceInfo, origin: Origin, id: ObjectId) {
+    /// Whether the Service changed.
+    pub(crate) fn set_service(&mut self, info: ServiceInfo, origin: Origin, id: ObjectId) -> bool {
         let name = self.name_of(&id.namespace, &id.name);
         if self.known(&name).is_some_and(|k| k.info == info) {
-            return;
+            return false;
         }
         self.touch(&name);
         let entry = self.entries.entry(name).or_default();
@@ -358,11 +338,12 @@ impl Incremental {
         if entry.known.replace(packed).is_none() {
             self.services += 1;
         }
+        true
     }
 
-    fn remove_service(&mut self, name: &ServiceName) {
+    fn remove_service(&mut self, name: &ServiceName) -> bool {
         if self.entries.get(name).is_none_or(|e| e.known.is_none()) {
-            return;
+            return false;
         }
         self.touch(name);
         let entry = self.entries.get_mut(name).expect("known");
@@ -371,6 +352,7 @@ impl Incremental {
         if entry.is_empty() {
             self.entries.remove(name);
         }
+        true
     }
 
     fn known(&self, name: &ServiceName) -> Option<Known> {
@@ -423,11 +405,13 @@ impl Incremental {
 
     /// Set (or with `None` drop) the endpoints one object gives its Service. An object
     /// carries one Service's endpoints; if it moved to another Service, both are recompiled.
-    fn set_source(&mut self, key: SourceId, source: Option<Source>) {
+    /// Returns whether anything changed.
+    fn set_source(&mut self, key: SourceId, source: Option<Source>) -> bool {
         let service = source
             .as_ref()
             .and_then(|s| s.slices.first())
             .map(|s| self.name_of(&s.service.0, &s.service.1));
+        let removed = self.owners.contains_key(&key);
         if let Some(old) = self.owners.remove(&key) {
             let mut list = self
                 .entries
@@ -440,7 +424,7 @@ impl Incremental {
                     .any(|(k, s)| *k == key && Some(s) == source.as_ref());
             if unchanged {
                 self.owners.insert(key, old);
-                return;
+                return false;
             }
             self.touch(&old);
             list.retain(|(k, _)| *k != key);
@@ -452,7 +436,7 @@ impl Incremental {
             }
         }
         let (Some(service), Some(source)) = (service, source) else {
-            return;
+            return removed;
         };
         self.touch(&service);
         self.owners.insert(key, service.clone());
@@ -461,5 +445,6 @@ impl Incremental {
         let at = list.partition_point(|(k, _)| *k < key);
         list.insert(at, (key, source));
         entry.set_sources(list);
+        true
     }
 }
