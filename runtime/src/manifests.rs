@@ -4,13 +4,18 @@
 //!
 //! An object defined in two files counts once: the file first in name order wins (as in a
 //! one-off compile) and the other copy is reported.
+//!
+//! Bad input never removes rules: an object that fails to parse keeps its last good version
+//! (the file still counts as defining it), a document so broken that it names no object keeps
+//! every object its file defined before, and a directory that cannot be read keeps them all.
+//! Only deleting an object from its file, or the file, removes it.
 
 use crate::syncer::Update;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, SystemTime};
-use svc_nft_compiler::{manifest, Object, Resource};
+use svc_nft_compiler::{manifest, object_id, Object, ObjectId};
 
 /// `Kind/namespace/name` in one allocation: the directory holds one per object (names
 /// cannot contain `/`).
@@ -42,23 +47,18 @@ type Stamp = (u64, Option<SystemTime>);
 #[derive(Default)]
 struct Directory {
     files: BTreeMap<PathBuf, (Stamp, BTreeSet<Key>)>,
+    /// The directory could not be read at the last refresh (logged once).
+    unreadable: bool,
 }
 
-fn key(obj: &Object) -> Key {
-    let (kind, meta) = match &obj.resource {
-        Resource::Service(s) => ("Service", &s.metadata),
-        Resource::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
-        Resource::Endpoints(e) => ("Endpoints", &e.metadata),
-    };
-    let namespace = meta.namespace.as_deref().unwrap_or("default");
-    let name = meta.name.as_deref().unwrap_or_default();
-    format!("{kind}/{namespace}/{name}").into()
+fn key(id: &ObjectId) -> Key {
+    format!("{}/{}/{}", id.kind, id.namespace, id.name).into()
 }
 
 /// The manifest files of `dir` and their stamps.
-fn scan(dir: &Path) -> BTreeMap<PathBuf, Stamp> {
-    let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
-    entries
+fn scan(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
+    let entries = std::fs::read_dir(dir)?.flatten();
+    Ok(entries
         .filter_map(|e| {
             let path = e.path();
             let ext = path.extension().and_then(|x| x.to_str());
@@ -68,23 +68,44 @@ fn scan(dir: &Path) -> BTreeMap<PathBuf, Stamp> {
             let meta = e.metadata().ok().filter(|m| m.is_file())?;
             Some((path, (meta.len(), meta.modified().ok())))
         })
-        .collect()
+        .collect())
 }
 
-/// Parse one file, handing each object to `each`; what cannot be read or parsed is logged
-/// and left out.
-fn parse(path: &Path, each: &mut dyn FnMut(Object)) {
+/// What reading one file found besides its good objects.
+#[derive(Default)]
+struct Rejected {
+    /// Objects named by a document that failed to parse: their last good version stays.
+    objects: BTreeSet<Key>,
+    /// A document failed in a way that names no object (bad syntax, a half-written file),
+    /// or the file could not be read: every object the file defined before stays.
+    anonymous: bool,
+}
+
+/// Parse one file, handing each good object to `each`; what cannot be read or parsed is
+/// logged and reported.
+fn parse(path: &Path, each: &mut dyn FnMut(Object)) -> Rejected {
     let source = path.display().to_string();
+    let mut rejected = Rejected::default();
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => {
-            tracing::warn!("{source}: cannot read: {e}");
-            return;
+            tracing::warn!("rejected: {source}: cannot read: {e}");
+            rejected.anonymous = true;
+            return rejected;
         }
     };
-    manifest::parse_each(&source, &text, each, &mut |e| {
-        tracing::warn!("rejected: {e}")
+    manifest::parse_each(&source, &text, each, &mut |d| {
+        if !d.is_error() {
+            tracing::warn!("{d}");
+            return;
+        }
+        tracing::warn!("rejected: {d}; the objects it defined before stay in force");
+        match &d.object {
+            Some(id) => rejected.objects.insert(key(id)),
+            None => std::mem::replace(&mut rejected.anonymous, true),
+        };
     });
+    rejected
 }
 
 /// The receiver is gone: stop.
@@ -103,86 +124,115 @@ impl Directory {
     /// Read what changed on disk, sending the updates that bring the sync thread up to date
     /// as each object is read (a large file is never in memory whole).
     fn refresh(&mut self, dir: &Path, tx: &Sender<Update>) -> Result<(), Closed> {
-        let send = |update| tx.send(update).map_err(|_| Closed);
-        let now = scan(dir);
+        let now = match scan(dir) {
+            Ok(now) => now,
+            Err(e) => {
+                if !self.unreadable {
+                    tracing::warn!(
+                        "{}: cannot read: {e}; every rule stays as it is",
+                        dir.display()
+                    );
+                    self.unreadable = true;
+                }
+                return Ok(());
+            }
+        };
+        if std::mem::take(&mut self.unreadable) {
+            tracing::info!("{}: readable again", dir.display());
+        }
         // Keys a file stopped defining: another file's copy may count now, or none.
         let mut orphaned: BTreeSet<Key> = BTreeSet::new();
-        let gone: Vec<PathBuf> = self
-            .files
-            .keys()
-            .filter(|p| !now.contains_key(*p))
-            .cloned()
-            .collect();
-        for path in gone {
-            let (_, keys) = self.files.remove(&path).expect("listed");
-            orphaned.extend(keys);
-        }
+        self.files.retain(|path, (_, keys)| {
+            let kept = now.contains_key(path);
+            if !kept {
+                orphaned.append(keys);
+            }
+            kept
+        });
         for (path, stamp) in now {
-            if self.files.get(&path).is_some_and(|(s, _)| *s == stamp) {
-                continue;
-            }
-            let (mut keys, mut result) = (BTreeSet::new(), Ok(()));
-            let earlier = |key: &Key| {
-                let before = self.files.range::<PathBuf, _>(..path.clone());
-                before
-                    .filter(|(_, (_, ks))| ks.contains(key))
-                    .map(|(p, _)| p.clone())
-                    .next()
-            };
-            parse(&path, &mut |object| {
-                let key = key(&object);
-                match earlier(&key) {
-                    Some(first) => tracing::warn!(
-                        "rejected: {}: {key}: defined again (first in {}); this copy is ignored",
-                        path.display(),
-                        first.display()
-                    ),
-                    None if result.is_ok() => {
-                        result = send(Update::Upsert {
-                            object,
-                            trigger: None,
-                        })
-                    }
-                    None => {}
-                }
-                keys.insert(key);
-            });
-            result?;
-            if let Some((_, old)) = self.files.insert(path, (stamp, keys.clone())) {
-                orphaned.extend(old.into_iter().filter(|k| !keys.contains(k)));
+            if self.files.get(&path).is_none_or(|(s, _)| *s != stamp) {
+                self.read_file(path, stamp, tx, &mut orphaned)?;
             }
         }
-        // Orphans defined elsewhere are read again from the file that now counts.
-        let mut reread: BTreeMap<PathBuf, BTreeSet<Key>> = BTreeMap::new();
+        self.settle(orphaned, tx)
+    }
+
+    /// Read a new or changed file: send its objects (those no earlier file defines), and add
+    /// the keys it stopped defining to `orphaned`. Objects it fails to parse keep counting as
+    /// defined by it, so their last good versions stay.
+    fn read_file(
+        &mut self,
+        path: PathBuf,
+        stamp: Stamp,
+        tx: &Sender<Update>,
+        orphaned: &mut BTreeSet<Key>,
+    ) -> Result<(), Closed> {
+        let (mut keys, mut result) = (BTreeSet::new(), Ok(()));
+        let rejected = parse(&path, &mut |object| {
+            let key = key(&object_id(&object));
+            let mut earlier = self.files.range::<PathBuf, _>(..path.clone());
+            match earlier.find(|(_, (_, ks))| ks.contains(&key)) {
+                Some((first, _)) => tracing::warn!(
+                    "rejected: {}: {key}: defined again (first in {}); this copy is ignored",
+                    path.display(),
+                    first.display()
+                ),
+                None if result.is_ok() => result = send_upsert(tx, object),
+                None => {}
+            }
+            keys.insert(key);
+        });
+        result?;
+        let old = self.files.remove(&path).map(|(_, keys)| keys);
+        let old = old.unwrap_or_default();
+        keys.extend(rejected.objects);
+        if rejected.anonymous {
+            keys.extend(old.iter().cloned());
+        }
+        orphaned.extend(old.difference(&keys).cloned());
+        self.files.insert(path, (stamp, keys));
+        Ok(())
+    }
+
+    /// Keys no longer defined where they counted: read again from the file that counts now,
+    /// or removed when none defines them.
+    fn settle(&self, orphaned: BTreeSet<Key>, tx: &Sender<Update>) -> Result<(), Closed> {
+        let mut reread: BTreeMap<&PathBuf, BTreeSet<Key>> = BTreeMap::new();
         for key in orphaned {
-            match self.winner(&key).cloned() {
+            match self.winner(&key) {
                 Some(path) => {
                     reread.entry(path).or_default().insert(key);
                 }
                 None => {
                     let (kind, namespace, name) = parts(&key);
-                    send(Update::Remove {
+                    let remove = Update::Remove {
                         kind,
                         namespace,
                         name,
-                    })?;
+                    };
+                    tx.send(remove).map_err(|_| Closed)?;
                 }
             }
         }
         for (path, wanted) in reread {
             let mut result = Ok(());
-            parse(&path, &mut |object| {
-                if result.is_ok() && wanted.contains(&key(&object)) {
-                    result = send(Update::Upsert {
-                        object,
-                        trigger: None,
-                    });
+            parse(path, &mut |object| {
+                if result.is_ok() && wanted.contains(&key(&object_id(&object))) {
+                    result = send_upsert(tx, object);
                 }
             });
             result?;
         }
         Ok(())
     }
+}
+
+fn send_upsert(tx: &Sender<Update>, object: Object) -> Result<(), Closed> {
+    let update = Update::Upsert {
+        object,
+        trigger: None,
+    };
+    tx.send(update).map_err(|_| Closed)
 }
 
 /// Poll `dir` every `every` until the receiver is gone.
@@ -204,6 +254,16 @@ pub fn watch(dir: PathBuf, every: Duration, tx: Sender<Update>) {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::Service;
+    use svc_nft_compiler::Resource;
+
+    /// A directory of its own for one test.
+    fn scratch(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("svc-nft-manifests-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 
     fn service(ip: &str) -> String {
         format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec: {{clusterIP: {ip}}}\n")
@@ -231,8 +291,7 @@ mod tests {
 
     #[test]
     fn the_first_file_in_name_order_defines_an_object() {
-        let dir = std::env::temp_dir().join(format!("svc-nft-manifests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("order");
         let mut directory = Directory::default();
         std::fs::write(dir.join("b.yaml"), service("10.96.0.2")).unwrap();
         assert_eq!(
@@ -253,6 +312,43 @@ mod tests {
             [("upsert", "10.96.0.2".into())]
         );
         std::fs::remove_file(dir.join("b.yaml")).unwrap();
+        assert_eq!(refresh(&mut directory, &dir), [("remove", "web".into())]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_input_never_removes_an_object() {
+        let dir = scratch("bad");
+        let mut directory = Directory::default();
+        let file = dir.join("web.yaml");
+        std::fs::write(&file, service("10.96.0.1")).unwrap();
+        assert_eq!(
+            refresh(&mut directory, &dir),
+            [("upsert", "10.96.0.1".into())]
+        );
+        // Half written: no object can be read, the one it defined stays.
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namesp",
+        )
+        .unwrap();
+        assert_eq!(refresh(&mut directory, &dir), []);
+        // The object is named but does not parse: it stays too.
+        let typo = service("10.96.0.1").replace("spec: {", "spec: {ports: oops, ");
+        std::fs::write(&file, typo).unwrap();
+        assert_eq!(refresh(&mut directory, &dir), []);
+        // The directory goes away (a remount, a bad deploy): everything stays.
+        let moved = dir.with_extension("moved");
+        std::fs::rename(&dir, &moved).unwrap();
+        assert_eq!(refresh(&mut directory, &dir), []);
+        std::fs::rename(&moved, &dir).unwrap();
+        // Fixed, then deleted from the file: only that removes it.
+        std::fs::write(&file, service("10.96.0.2")).unwrap();
+        assert_eq!(
+            refresh(&mut directory, &dir),
+            [("upsert", "10.96.0.2".into())]
+        );
+        std::fs::write(&file, "").unwrap();
         assert_eq!(refresh(&mut directory, &dir), [("remove", "web".into())]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
