@@ -53,12 +53,25 @@ impl Agent {
         let (tx, updates) = mpsc::channel();
         let lists: &'static [&'static str] = match &self.input {
             Input::Manifests(dir) => {
+                // A typo must not run a node with no Services: refuse to start (a DaemonSet
+                // then shows the error in its restarts). A directory that goes away later
+                // keeps the rules it gave (see `manifests::watch`).
+                if !dir.is_dir() {
+                    let why = std::fs::metadata(dir)
+                        .err()
+                        .map_or("not a directory".to_string(), |e| e.to_string());
+                    return Err(format!("--manifests {}: {why}", dir.display()));
+                }
+                self.log_start(&format!("manifest directory {}", dir.display()));
                 let (dir, every) = (dir.clone(), self.min_sync_period);
                 std::thread::spawn(move || crate::manifests::watch(dir, every, tx));
                 &["manifests"]
             }
             Input::ApiServer(kubeconfig) => {
-                let client = runtime.block_on(client(kubeconfig.as_ref()))?;
+                let config = runtime.block_on(config(kubeconfig.as_ref()))?;
+                self.log_start(&format!("API server {}", config.cluster_url));
+                let client =
+                    kube::Client::try_from(config).map_err(|e| format!("API client: {e}"))?;
                 let watch = crate::cluster::watch::run(
                     client,
                     self.node.clone(),
@@ -82,6 +95,25 @@ impl Agent {
         Ok(())
     }
 
+    /// The start-up line: what this agent is, reads, and serves.
+    fn log_start(&self, source: &str) {
+        let addr = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+        let ips: Vec<String> = self.node.node_ips.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            node = self.node.node_name.as_deref().unwrap_or("(none)"),
+            node_ips = if ips.is_empty() {
+                "(from the Node object)".to_string()
+            } else {
+                ips.join(",")
+            },
+            table = format!("inet {}", self.node.table),
+            healthz = addr(self.healthz),
+            metrics = addr(self.metrics),
+            "svc-nft starting: reading {source}"
+        );
+    }
+
     /// Start the health and metrics servers (an address that cannot be bound is an error).
     async fn serve(&self, observers: &Observers) -> Result<(), String> {
         let bind = |addr: SocketAddr| async move {
@@ -101,21 +133,20 @@ impl Agent {
     }
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, String> {
-    let config = match kubeconfig {
+async fn config(kubeconfig: Option<&PathBuf>) -> Result<kube::Config, String> {
+    match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             let options = kube::config::KubeConfigOptions::default();
             kube::Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|e| format!("{}: {e}", path.display()))?
+                .map_err(|e| format!("{}: {e}", path.display()))
         }
         None => kube::Config::infer()
             .await
-            .map_err(|e| format!("no API server configuration: {e}"))?,
-    };
-    kube::Client::try_from(config).map_err(|e| format!("API client: {e}"))
+            .map_err(|e| format!("no API server configuration: {e}")),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -129,8 +129,13 @@ async fn watch<K>(
     let mut known: BTreeSet<(String, String)> = BTreeSet::new();
     let mut relisted: Option<BTreeSet<(String, String)>> = None;
     let mut listed_once = false;
+    // One WARN when the watch breaks, quiet retries, one INFO when it works again.
+    let mut down = false;
     let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
     while let Some(event) = stream.next().await {
+        if event.is_ok() && std::mem::take(&mut down) {
+            tracing::info!(kind, "{kind} watch resumed");
+        }
         let updates = match event {
             Ok(Event::Apply(mut o)) | Ok(Event::InitApply(mut o)) => {
                 o.meta_mut().managed_fields = None;
@@ -172,8 +177,16 @@ async fn watch<K>(
                 }
                 updates
             }
+            Err(e) if down => {
+                tracing::debug!(kind, "{kind} watch still failing: {e}");
+                vec![]
+            }
             Err(e) => {
-                tracing::warn!(kind, "watch failed (retrying, rules unchanged): {e}");
+                down = true;
+                tracing::warn!(
+                    kind,
+                    "{kind} watch lost (retrying with backoff; rules unchanged): {e}"
+                );
                 vec![]
             }
         };
