@@ -192,9 +192,19 @@ impl Engine {
                 Ok(None)
             }
         };
+        // Against an empty table unless one is there: then against what it holds.
+        let mut changes = Changes {
+            elements_added: desired.sets.values().map(|s| s.elements.len()).sum(),
+            chains_added: desired.chains.len(),
+            rules_added: desired.chains.values().map(|c| c.rules.len()).sum(),
+            ..Changes::default()
+        };
         let bytes = match cold {
             Ok(Some(loaded)) => loaded.bytes,
             cold => {
+                if matches!(cold, Ok(None)) {
+                    changes = self.changes_from_kernel(desired).unwrap_or(changes);
+                }
                 if let Err(e) = cold {
                     // Nothing of it is left in the kernel: nft loads the table instead.
                     self.failures += 1;
@@ -219,12 +229,7 @@ impl Engine {
         self.in_sync = true;
         Ok(Synced {
             route: Route::Full,
-            changes: Changes {
-                elements_added: desired.sets.values().map(|s| s.elements.len()).sum(),
-                chains_added: desired.chains.len(),
-                rules_added: desired.chains.values().map(|c| c.rules.len()).sum(),
-                ..Changes::default()
-            },
+            changes,
             bytes,
             took: start.elapsed(),
             conntrack_deleted: 0,
@@ -327,6 +332,17 @@ impl Engine {
             self.socket = None;
             tracing::warn!("IPv6 session affinity is not recorded: {e}");
         }
+    }
+
+    /// What replacing the table in the kernel with `desired` will change, from netlink dumps
+    /// of it; `None` (logged) when they fail.
+    fn changes_from_kernel(&mut self, desired: &Table) -> Option<Changes> {
+        let socket = self.socket.as_mut()?;
+        let inventory = socket.inventory(desired);
+        let before = inventory
+            .inspect_err(|e| tracing::debug!("cannot list the table before replacing it: {e}"))
+            .ok()?;
+        Some(before.changes(&netlink::Inventory::of(desired)))
     }
 
     /// Send commands over the persistent netlink socket as one batch; returns its size.

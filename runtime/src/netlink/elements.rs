@@ -114,6 +114,43 @@ fn element(buf: &mut Vec<u8>, key: &Key, elem: Option<&Element>) {
     });
 }
 
+/// An element's data as the kernel dumps it.
+pub(super) enum RawData<'a> {
+    None,
+    Value(&'a [u8]),
+    /// The verdict's code and the chain it goes to.
+    Verdict(i32, Option<String>),
+}
+
+/// A hash of an element's key and data as the kernel holds them, for comparing what it has
+/// with what a table wants without decoding either.
+pub(super) fn fingerprint(key: &Key, data: Option<&Data>) -> u64 {
+    let mut bytes = Vec::new();
+    put_values(&mut bytes, key);
+    let mut value = Vec::new();
+    let data = match data {
+        None => RawData::None,
+        Some(Data::Values(values)) => {
+            put_values(&mut value, values);
+            RawData::Value(&value)
+        }
+        Some(Data::Verdict(v)) => RawData::Verdict(verdict_code(v), v.target().map(str::to_string)),
+    };
+    fingerprint_parts(&bytes, &data)
+}
+
+pub(super) fn fingerprint_parts(key: &[u8], data: &RawData) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    match data {
+        RawData::None => 0u8.hash(&mut h),
+        RawData::Value(v) => (1u8, v).hash(&mut h),
+        RawData::Verdict(code, chain) => (2u8, code, chain).hash(&mut h),
+    }
+    h.finish()
+}
+
 /// NFTA_DATA_VERDICT: the verdict's code, and the chain it goes to.
 pub(super) fn put_verdict(buf: &mut Vec<u8>, v: &Verdict) {
     nested(buf, NFTA_DATA_VERDICT, |b| {

@@ -14,9 +14,11 @@
 //! over libc: no libnftnl (GPL) linked.
 
 mod elements;
+mod inventory;
 mod rules;
 
 pub use elements::plain;
+pub use inventory::Inventory;
 pub use rules::{encode_rule, recorder_rule, EncodedRule};
 use std::io;
 use svc_nft_ir::{Element, Key};
@@ -29,7 +31,7 @@ const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_GETRULE: u16 = 7;
+pub(crate) const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 pub(crate) const NLM_F_ACK: u16 = 0x4;
