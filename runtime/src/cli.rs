@@ -1,6 +1,7 @@
 //! The `svc-nft` command line. Commands write to the writers they are given and return the
 //! exit status, so tests drive them exactly as the binary does.
 
+use crate::cidr;
 use crate::config::RunArgs;
 use crate::engine::Engine;
 use crate::explain::{report, Format, Origin, Proto, Query};
@@ -25,15 +26,16 @@ pub struct Cli {
 pub enum Command {
     /// Print the nftables ruleset for the manifests; `| nft -f -` loads it, replacing the
     /// previous one in one transaction.
+    #[command(after_help = COMPILE_STATUS)]
     Compile {
-        /// A manifest file, a directory of *.yaml|*.yml|*.json files, or - for stdin.
-        #[arg(short = 'f', long = "filename", required = true)]
-        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        input: Inputs,
         #[command(flatten)]
         node: NodeArgs,
     },
     /// Show what a change of manifests does to the ruleset: a unified diff (exit 0 when equal,
     /// 1 when they differ, 2 on bad input), or the nft batch that applies it.
+    #[command(after_help = DIFF_STATUS)]
     Diff {
         /// The manifests before the change (file, directory or -).
         old: PathBuf,
@@ -43,14 +45,16 @@ pub enum Command {
         #[arg(long)]
         transaction: bool,
         #[command(flatten)]
+        keep_going: KeepGoing,
+        #[command(flatten)]
         node: NodeArgs,
     },
     /// Compile and apply once into this network namespace's kernel, replacing svc-nft's table
     /// in one transaction; print what changed.
+    #[command(after_help = APPLY_STATUS)]
     Apply {
-        /// A manifest file, a directory of *.yaml|*.yml|*.json files, or - for stdin.
-        #[arg(short = 'f', long = "filename", required = true)]
-        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        input: Inputs,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -67,10 +71,10 @@ pub enum Command {
     /// Where would this node send a new connection? Evaluates the compiled rules (not the
     /// kernel): DNAT candidates with their share, REJECT, DROP or not handled, whether the
     /// source is masqueraded, and the chains and map elements on the way.
+    #[command(after_help = EXPLAIN_STATUS)]
     Explain {
-        /// A manifest file, a directory of *.yaml|*.yml|*.json files, or - for stdin.
-        #[arg(short = 'f', long = "filename", required = true)]
-        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        input: Inputs,
         /// The client's address.
         #[arg(long)]
         from: IpAddr,
@@ -89,6 +93,47 @@ pub enum Command {
     },
 }
 
+const COMPILE_STATUS: &str = "\
+Exit status: 0 when every input was read and accepted; 1 when a path cannot be read, a \
+directory holds no manifest file or an object is rejected (each reported on stderr as \
+`error: ...`; no ruleset is printed, or with --keep-going one without them); 2 on bad usage \
+or when the output cannot be written. Warnings never change it.";
+
+const DIFF_STATUS: &str = "\
+Exit status, as diff(1): 0 when the rulesets are equal, 1 when they differ, 2 when a path \
+cannot be read, a directory holds no manifest file or an object is rejected (no diff is \
+printed, or with --keep-going the diff without them), or on bad usage. Warnings never \
+change it.";
+
+const APPLY_STATUS: &str = "\
+Exit status: 0 when applied; 1 when a path cannot be read, a directory holds no manifest \
+file or an object is rejected (nothing is applied, or with --keep-going everything else \
+is); 2 when the kernel refused the transaction (nothing changed) or on bad usage. Warnings \
+never change it.";
+
+const EXPLAIN_STATUS: &str = "\
+Exit status: 0 when answered; 1 when a path cannot be read, a directory holds no manifest \
+file or an object is rejected (no answer is printed, or with --keep-going one without \
+them); 2 on bad usage. Warnings never change it.";
+
+/// The manifests a command reads.
+#[derive(Debug, Clone, Args)]
+pub struct Inputs {
+    /// A manifest file, a directory of *.yaml|*.yml|*.json files, or - for stdin.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub keep_going: KeepGoing,
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct KeepGoing {
+    /// When an input is rejected or cannot be read, use the rest instead of stopping (the
+    /// exit status still says so).
+    #[arg(long)]
+    pub keep_going: bool,
+}
+
 /// Facts about the node; kube-proxy's flag names. Lists take repeated flags or commas.
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
@@ -105,14 +150,14 @@ pub struct NodeArgs {
     #[arg(long)]
     pub node_zone: Option<String>,
     /// Pod CIDRs; traffic to Services from outside them is masqueraded.
-    #[arg(long = "cluster-cidr", value_delimiter = ',')]
+    #[arg(long = "cluster-cidr", value_delimiter = ',', value_parser = cidr::parse)]
     pub cluster_cidrs: Vec<IpNet>,
     /// Service CIDRs; addresses in them that no Service owns are dropped.
-    #[arg(long = "service-cidr", value_delimiter = ',')]
+    #[arg(long = "service-cidr", value_delimiter = ',', value_parser = cidr::parse)]
     pub service_cidrs: Vec<IpNet>,
     /// CIDRs whose node addresses accept NodePorts (default: every node IP; loopback only if
     /// a CIDR names it).
-    #[arg(long = "nodeport-addresses", value_delimiter = ',')]
+    #[arg(long = "nodeport-addresses", value_delimiter = ',', value_parser = cidr::parse)]
     pub nodeport_addresses: Vec<IpNet>,
     /// Masquerade all traffic sent to Services.
     #[arg(long)]
@@ -126,9 +171,9 @@ impl NodeArgs {
             node_name: self.node_name.clone(),
             node_ips: self.node_ips.clone(),
             zone: self.node_zone.clone(),
-            cluster_cidrs: self.cluster_cidrs.clone(),
-            service_cidrs: self.service_cidrs.clone(),
-            nodeport_addresses: self.nodeport_addresses.clone(),
+            cluster_cidrs: cidr::normalise(&self.cluster_cidrs),
+            service_cidrs: cidr::normalise(&self.service_cidrs),
+            nodeport_addresses: cidr::normalise(&self.nodeport_addresses),
             masquerade_all: self.masquerade_all,
         }
     }
@@ -150,62 +195,87 @@ impl NodeArgs {
 /// Read and compile manifests; every rejected document or object goes to `err`.
 /// Returns the result and whether everything was accepted.
 pub fn compile_paths(paths: &[PathBuf], node: &NodeFacts, err: &mut dyn Write) -> (Compiled, bool) {
-    let (objects, mut diagnostics) = input::read(paths);
-    let compiled = compile(&objects, node);
-    diagnostics.extend(compiled.diagnostics.iter().cloned());
-    // In file order, whichever stage found them.
-    diagnostics.sort_by(|a, b| a.origin.cmp(&b.origin));
-    for d in &diagnostics {
-        // A closed stderr must not turn a diagnostic into a panic.
-        let _ = writeln!(err, "{}: {d}", d.severity);
+    let result = Compilation::of(paths, node, err);
+    let clean = result.rejected.is_empty();
+    (result.compiled, clean)
+}
+
+/// Manifests compiled, and what was left out of the result: paths that could not be read,
+/// directories without manifests, rejected documents and objects (errors, not warnings).
+struct Compilation {
+    compiled: Compiled,
+    rejected: Vec<Diagnostic>,
+}
+
+impl Compilation {
+    /// Every diagnostic goes to `err` in file order, whichever stage found it.
+    fn of(paths: &[PathBuf], node: &NodeFacts, err: &mut dyn Write) -> Compilation {
+        let (objects, mut diagnostics) = input::read(paths);
+        let compiled = compile(&objects, node);
+        diagnostics.extend(compiled.diagnostics.iter().cloned());
+        Compilation::reported(compiled, diagnostics, err)
     }
-    (compiled, !diagnostics.iter().any(Diagnostic::is_error))
+
+    fn reported(
+        compiled: Compiled,
+        mut diagnostics: Vec<Diagnostic>,
+        err: &mut dyn Write,
+    ) -> Compilation {
+        diagnostics.sort_by(|a, b| a.origin.cmp(&b.origin));
+        for d in &diagnostics {
+            // A closed stderr must not turn a diagnostic into a panic.
+            let _ = writeln!(err, "{}: {d}", d.severity);
+        }
+        diagnostics.retain(Diagnostic::is_error);
+        Compilation {
+            compiled,
+            rejected: diagnostics,
+        }
+    }
+
+    /// nft comments naming what was left out, for the top of a --keep-going ruleset.
+    fn left_out_comment(&self) -> String {
+        if self.rejected.is_empty() {
+            return String::new();
+        }
+        let mut text = String::from("# --keep-going: left out of this ruleset, as rejected:\n");
+        for d in &self.rejected {
+            let line = d.to_string().replace(['\n', '\r'], " ");
+            text.push_str(&format!("#   {line}\n"));
+        }
+        text
+    }
+}
+
+/// Fail closed: with anything rejected, `what` is not done unless --keep-going says so.
+/// Returns whether to go on.
+fn go_on(rejected: usize, keep_going: KeepGoing, what: &str, err: &mut dyn Write) -> bool {
+    if rejected == 0 || keep_going.keep_going {
+        return true;
+    }
+    let inputs = if rejected == 1 { "input" } else { "inputs" };
+    let _ = writeln!(
+        err,
+        "error: {what}: {rejected} {inputs} rejected or unreadable (--keep-going goes on without them)"
+    );
+    false
 }
 
 /// Run a command; the return value is the process exit status.
 pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<i32> {
     match command {
-        Command::Compile { paths, node } => {
-            let (compiled, clean) = compile_paths(paths, &node.facts(), err);
-            out.write_all(replace_script(&compiled.table).as_bytes())?;
-            Ok(if clean { 0 } else { 1 })
-        }
+        Command::Compile { input, node } => compile_command(input, &node.facts(), out, err),
         Command::Diff {
             old,
             new,
             transaction,
+            keep_going,
             node,
         } => {
-            let facts = node.facts();
-            let (before, clean_before) = compile_paths(std::slice::from_ref(old), &facts, err);
-            let (after, clean_after) = compile_paths(std::slice::from_ref(new), &facts, err);
-            if !(clean_before && clean_after) {
-                return Ok(2);
-            }
-            let changed = if *transaction {
-                let tx = svc_nft_ir::diff(&before.table, &after.table);
-                write!(out, "{tx}")?;
-                !tx.is_empty()
-            } else {
-                let (a, b) = (replace_script(&before.table), replace_script(&after.table));
-                let text = unified_diff(&a, &b, old, new);
-                out.write_all(text.as_bytes())?;
-                a != b
-            };
-            Ok(i32::from(changed))
+            let inputs = [old.as_path(), new.as_path()];
+            diff_command(inputs, *transaction, *keep_going, &node.facts(), out, err)
         }
-        Command::Apply { paths, node } => {
-            let (compiled, clean) = compile_paths(paths, &node.facts(), err);
-            let name = compiled.table.name.clone();
-            match Engine::new().reconcile(&compiled.table) {
-                Ok(changes) => writeln!(out, "applied table inet {name}: {changes}")?,
-                Err(e) => {
-                    writeln!(err, "error: {e}")?;
-                    return Ok(2);
-                }
-            }
-            Ok(if clean { 0 } else { 1 })
-        }
+        Command::Apply { input, node } => apply_command(input, &node.facts(), out, err),
         Command::Run(args) => match args.agent().and_then(|agent| agent.run()) {
             Ok(()) => Ok(0),
             Err(e) => {
@@ -225,7 +295,7 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
             }
         }
         Command::Explain {
-            paths,
+            input,
             from,
             to,
             proto,
@@ -233,18 +303,114 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
             format,
             node,
         } => {
-            let facts = node.facts();
-            let (compiled, clean) = compile_paths(paths, &facts, err);
             let query = Query {
                 from: *from,
                 to: *to,
                 proto: *proto,
                 origin: *origin,
             };
-            out.write_all(report(&compiled.table, &facts, &query, *format).as_bytes())?;
-            Ok(if clean { 0 } else { 1 })
+            explain_command(input, &node.facts(), &query, *format, out, err)
         }
     }
+}
+
+/// 0 when nothing was rejected, else 1.
+fn status(result: &Compilation) -> i32 {
+    i32::from(!result.rejected.is_empty())
+}
+
+fn compile_command(
+    input: &Inputs,
+    facts: &NodeFacts,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<i32> {
+    let result = Compilation::of(&input.paths, facts, err);
+    if !go_on(
+        result.rejected.len(),
+        input.keep_going,
+        "no ruleset printed",
+        err,
+    ) {
+        return Ok(1);
+    }
+    out.write_all(result.left_out_comment().as_bytes())?;
+    out.write_all(replace_script(&result.compiled.table).as_bytes())?;
+    Ok(status(&result))
+}
+
+fn diff_command(
+    inputs: [&std::path::Path; 2],
+    transaction: bool,
+    keep_going: KeepGoing,
+    facts: &NodeFacts,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<i32> {
+    let [before, after] = inputs.map(|p| Compilation::of(&[p.to_path_buf()], facts, err));
+    let rejected = before.rejected.len() + after.rejected.len();
+    if !go_on(rejected, keep_going, "no diff printed", err) {
+        return Ok(2);
+    }
+    let (before, after) = (&before.compiled.table, &after.compiled.table);
+    let changed = if transaction {
+        let tx = svc_nft_ir::diff(before, after);
+        write!(out, "{tx}")?;
+        !tx.is_empty()
+    } else {
+        let (a, b) = (replace_script(before), replace_script(after));
+        out.write_all(unified_diff(&a, &b, inputs[0], inputs[1]).as_bytes())?;
+        a != b
+    };
+    // Trouble wins over a difference, as in diff(1).
+    Ok(if rejected > 0 { 2 } else { i32::from(changed) })
+}
+
+fn apply_command(
+    input: &Inputs,
+    facts: &NodeFacts,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<i32> {
+    let result = Compilation::of(&input.paths, facts, err);
+    if !go_on(
+        result.rejected.len(),
+        input.keep_going,
+        "nothing applied",
+        err,
+    ) {
+        return Ok(1);
+    }
+    let table = &result.compiled.table;
+    match Engine::new().reconcile(table) {
+        Ok(changes) => writeln!(out, "applied table inet {}: {changes}", table.name)?,
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            return Ok(2);
+        }
+    }
+    Ok(status(&result))
+}
+
+fn explain_command(
+    input: &Inputs,
+    facts: &NodeFacts,
+    query: &Query,
+    format: Format,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<i32> {
+    let result = Compilation::of(&input.paths, facts, err);
+    if !go_on(
+        result.rejected.len(),
+        input.keep_going,
+        "no answer printed",
+        err,
+    ) {
+        return Ok(1);
+    }
+    out.write_all(report(&result.compiled.table, facts, query, format).as_bytes())?;
+    Ok(status(&result))
 }
 
 fn unified_diff(a: &str, b: &str, old: &std::path::Path, new: &std::path::Path) -> String {
@@ -274,4 +440,73 @@ fn colour(diff: &str) -> String {
             format!("\x1b[{code}m{line}\x1b[0m\n")
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use svc_nft_compiler::Origin as Source;
+
+    fn diagnostic(document: usize, message: &str) -> Diagnostic {
+        Diagnostic::new(
+            Source::document("in.yaml", document),
+            None,
+            None,
+            message.into(),
+        )
+    }
+
+    #[test]
+    fn warnings_are_reported_but_never_block() {
+        let compiled = compile(&[], &NodeFacts::default());
+        let warning = diagnostic(1, "questionable").warning();
+        let mut err = Vec::new();
+        let result = Compilation::reported(compiled, vec![warning], &mut err);
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "warning: in.yaml: document 1: questionable\n"
+        );
+        assert!(result.rejected.is_empty());
+        assert!(go_on(
+            result.rejected.len(),
+            KeepGoing { keep_going: false },
+            "x",
+            &mut Vec::new()
+        ));
+        assert_eq!(result.left_out_comment(), "");
+    }
+
+    #[test]
+    fn errors_are_left_out_and_named_in_file_order() {
+        let compiled = compile(&[], &NodeFacts::default());
+        let diagnostics = vec![
+            diagnostic(2, "second\nline"),
+            diagnostic(1, "first").warning(),
+            diagnostic(1, "first error"),
+        ];
+        let result = Compilation::reported(compiled, diagnostics, &mut Vec::new());
+        assert_eq!(
+            result.left_out_comment(),
+            "# --keep-going: left out of this ruleset, as rejected:\n\
+             #   in.yaml: document 1: first error\n\
+             #   in.yaml: document 2: second line\n"
+        );
+        let mut err = Vec::new();
+        assert!(!go_on(
+            2,
+            KeepGoing { keep_going: false },
+            "nothing done",
+            &mut err
+        ));
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "error: nothing done: 2 inputs rejected or unreadable (--keep-going goes on without them)\n"
+        );
+        assert!(go_on(
+            2,
+            KeepGoing { keep_going: true },
+            "nothing done",
+            &mut Vec::new()
+        ));
+    }
 }

@@ -2,6 +2,7 @@
 //! defaults. The file uses kube-proxy's KubeProxyConfiguration names where one exists.
 
 use crate::agent::{parse_duration, Agent, Input};
+use crate::cidr;
 use crate::cli::NodeArgs;
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
@@ -69,12 +70,9 @@ struct File {
     log_format: Option<LogFormat>,
 }
 
-/// Comma-separated CIDRs, as kube-proxy's clusterCIDR.
+/// Comma-separated CIDRs, as kube-proxy's clusterCIDR, merged.
 fn cidrs(text: &str, key: &str) -> Result<Vec<IpNet>, String> {
-    let parts = text.split(',').map(str::trim).filter(|p| !p.is_empty());
-    parts
-        .map(|p| p.parse().map_err(|_| format!("{key}: {p:?} is not a CIDR")))
-        .collect()
+    cidr::parse_list([text]).map_err(|e| format!("{key}: {e}"))
 }
 
 /// "" turns a server off.

@@ -3,6 +3,7 @@
 //! this crate only drives them.
 
 mod agent;
+pub mod cidr;
 pub mod cli;
 pub mod cluster;
 mod cold;

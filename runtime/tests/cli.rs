@@ -1,5 +1,7 @@
 //! The `svc-nft` binary as a user runs it: inputs, outputs and exit statuses.
 
+mod netns;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -105,28 +107,208 @@ fn bundled_examples_compile_cleanly_and_deterministically() {
     assert_eq!(first.stdout, again.stdout);
 }
 
+const BROKEN: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: ns1}\n\
+                      spec: {clusterIP: 10.96.0.1, ports: [{port: 0}]}\n";
+
+const BROKEN_ERROR: &str = "error: -: document 2: Service ns1/broken: spec.ports[0].port: \
+                            0 is not a valid port number (1-65535)\n";
+
 #[test]
-fn bad_objects_are_reported_and_skipped_with_status_1() {
-    let input = format!(
-        "{REDIS}---\napiVersion: v1\nkind: Service\nmetadata: {{name: broken, namespace: ns1}}\n\
-         spec: {{clusterIP: 10.96.0.1, ports: [{{port: 0}}]}}\n"
-    );
+fn a_rejected_object_prints_no_ruleset_and_exits_1() {
+    let input = format!("{REDIS}---\n{BROKEN}");
     let out = svc_nft(&["compile", "-f", "-"], &input);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         text(&out.stderr),
-        "error: -: document 2: Service ns1/broken: spec.ports[0].port: \
-         0 is not a valid port number (1-65535)\n"
+        format!(
+            "{BROKEN_ERROR}error: no ruleset printed: 1 input rejected or unreadable \
+             (--keep-going goes on without them)\n"
+        )
     );
-    // The good Service still compiles.
-    assert!(text(&out.stdout).contains("10.97.97.97"));
+    // `compile | nft -f -` must not replace the node's table with a partial one.
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
 }
 
 #[test]
-fn missing_files_are_errors_not_panics() {
-    let out = svc_nft(&["compile", "-f", "/nonexistent/svc.yaml"], "");
+fn keep_going_prints_the_rest_and_names_what_it_left_out() {
+    let input = format!("{REDIS}---\n{BROKEN}");
+    let out = svc_nft(
+        &["compile", "--keep-going", "-f", "-", "--table", "kp"],
+        &input,
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).starts_with("error: /nonexistent/svc.yaml: cannot read:"));
+    assert_eq!(text(&out.stderr), BROKEN_ERROR);
+    let script = text(&out.stdout);
+    let expected_head = "# --keep-going: left out of this ruleset, as rejected:\n\
+         #   -: document 2: Service ns1/broken: spec.ports[0].port: 0 is not a valid port \
+         number (1-65535)\n\
+         table inet kp {}\n";
+    assert!(script.starts_with(expected_head), "{script}");
+    // The good Service still compiles.
+    assert!(script.contains("10.97.97.97"), "{script}");
+}
+
+#[test]
+fn an_unreadable_path_prints_no_ruleset() {
+    let good = Dir::new("unreadable", &[("svc.yaml", REDIS)]);
+    for args in [
+        vec!["compile", "-f", "/nonexistent/svc.yaml"],
+        vec!["compile", "-f", good.path(), "-f", "/nonexistent/svc.yaml"],
+    ] {
+        let out = svc_nft(&args, "");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.starts_with("error: /nonexistent/svc.yaml: cannot read: No such file"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+    }
+    let args = [
+        "compile",
+        "--keep-going",
+        "-f",
+        good.path(),
+        "-f",
+        "/nonexistent/svc.yaml",
+    ];
+    let out = svc_nft(&args, "");
+    assert_eq!(out.status.code(), Some(1));
+    let script = text(&out.stdout);
+    assert!(
+        script.starts_with(
+            "# --keep-going: left out of this ruleset, as rejected:\n\
+             #   /nonexistent/svc.yaml: cannot read: No such file"
+        ),
+        "{script}"
+    );
+    assert!(script.contains("10.97.97.97"), "{script}");
+}
+
+#[test]
+fn a_directory_without_manifests_is_an_error_naming_it() {
+    let dir = Dir::new("no-manifests", &[("notes.txt", "not a manifest")]);
+    let out = svc_nft(&["compile", "-f", dir.path()], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with(&format!(
+            "error: {}: no manifest files (*.yaml, *.yml, *.json) in this directory\n",
+            dir.path()
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn explain_answers_nothing_on_rejected_input_unless_keep_going() {
+    let input = format!("{REDIS}---\n{BROKEN}");
+    let query = ["--from", "10.244.9.2", "--to", "10.97.97.97:6379"];
+    let out = svc_nft(&[&["explain", "-f", "-"][..], &query].concat(), &input);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("error: no answer printed"));
+
+    let args = [&["explain", "--keep-going", "-f", "-"][..], &query].concat();
+    let out = svc_nft(&args, &input);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("\nREJECT  100.0%\n"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn diff_prints_nothing_on_an_unreadable_side_unless_keep_going() {
+    let old = Dir::new("diff-missing", &[("svc.yaml", REDIS)]);
+    let out = svc_nft(&["diff", old.path(), "/nonexistent"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("error: no diff printed"));
+
+    let out = svc_nft(&["diff", "--keep-going", old.path(), "/nonexistent"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let diff = text(&out.stdout);
+    assert!(
+        diff.contains("\n-# default/redis (10.97.97.97:6379)"),
+        "{diff}"
+    );
+}
+
+#[test]
+fn each_command_documents_its_exit_status() {
+    for command in ["compile", "diff", "apply", "explain"] {
+        let help = text(&svc_nft(&[command, "--help"], "").stdout);
+        assert!(help.contains("Exit status"), "{command}: {help}");
+        assert!(help.contains("--keep-going"), "{command}: {help}");
+    }
+}
+
+#[test]
+fn apply_changes_nothing_in_the_kernel_on_rejected_input() {
+    if !netns::require() {
+        return;
+    }
+    let ns = netns::Netns::new("cli-apply");
+    let bin = env!("CARGO_BIN_EXE_svc-nft");
+    let good = Dir::new("apply-good", &[("svc.yaml", REDIS)]);
+    let args = [bin, "apply", "-f", good.path(), "-f", "/nonexistent.yaml"];
+    let out = ns.exec(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("error: nothing applied"));
+    assert_eq!(ns.nft_list("list tables"), "", "the kernel was changed");
+
+    let out = ns.exec(&[&args[..2], &["--keep-going"], &args[2..]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(ns.nft_list("list tables").contains("table inet svc-nft"));
+
+    // The comment --keep-going puts on top of a printed ruleset is nft syntax.
+    let compile = [&["compile", "--keep-going"], &args[2..]].concat();
+    let script = text(&svc_nft(&compile, "").stdout);
+    assert!(script.starts_with("# --keep-going"), "{script}");
+    ns.nft(&script).expect("the --keep-going ruleset loads");
+}
+
+#[test]
+fn cidr_flags_say_what_is_wrong() {
+    for (flag, value, message) in [
+        (
+            "--cluster-cidr",
+            "10.244.0.0/33",
+            "prefix length 33 is out of range (IPv4 allows 0–32)",
+        ),
+        (
+            "--service-cidr",
+            "fd00::/129",
+            "prefix length 129 is out of range (IPv6 allows 0–128)",
+        ),
+        (
+            "--nodeport-addresses",
+            "192.0.2.1",
+            "192.0.2.1 has no prefix length",
+        ),
+    ] {
+        let out = svc_nft(&["compile", "-f", "-", flag, value], REDIS);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(message), "{flag} {value}: {stderr}");
+        assert!(!stderr.contains("invalid IP address syntax"), "{stderr}");
+    }
+}
+
+#[test]
+fn overlapping_and_host_bit_cidrs_compile_as_their_union() {
+    let compile = |cidrs: &str| {
+        let out = svc_nft(&["compile", "-f", "-", "--service-cidr", cidrs], REDIS);
+        assert!(out.status.success(), "{cidrs}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let merged = compile("10.96.0.0/12");
+    assert!(merged.contains("10.96.0.0/12"), "{merged}");
+    assert_eq!(compile("10.96.0.0/12,10.100.0.0/16,10.96.0.0/12"), merged);
+    assert_eq!(compile("10.96.0.1/12"), merged);
 }
 
 #[test]
