@@ -42,11 +42,18 @@ fn parts(key: &str) -> (&'static str, String, String) {
 /// How a file looked when last read: any create, write or rename changes it.
 type Stamp = (u64, Option<SystemTime>);
 
-/// The keys each file defined when last read (not the objects: at 100k Services they would
-/// stay resident for nothing).
+/// A file as last read: its stamp, a digest of its content (a file rewritten as it was is
+/// not parsed again, so it logs nothing), and the keys it defined (not the objects: at 100k
+/// Services they would stay resident for nothing).
+struct File {
+    stamp: Stamp,
+    digest: u64,
+    keys: BTreeSet<Key>,
+}
+
 #[derive(Default)]
 struct Directory {
-    files: BTreeMap<PathBuf, (Stamp, BTreeSet<Key>)>,
+    files: BTreeMap<PathBuf, File>,
     /// The directory could not be read at the last refresh (logged once).
     unreadable: bool,
 }
@@ -81,20 +88,31 @@ struct Rejected {
     anonymous: bool,
 }
 
-/// Parse one file, handing each good object to `each`; what cannot be read or parsed is
+fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// A file's text; what cannot be read is logged.
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .inspect_err(|e| {
+            tracing::warn!(
+                "rejected: {}: cannot read: {e}; the objects it defined stay in force",
+                path.display()
+            )
+        })
+        .ok()
+}
+
+/// Parse one file's text, handing each good object to `each`; what cannot be parsed is
 /// logged and reported.
-fn parse(path: &Path, each: &mut dyn FnMut(Object)) -> Rejected {
+fn parse(path: &Path, text: &str, each: &mut dyn FnMut(Object)) -> Rejected {
     let source = path.display().to_string();
     let mut rejected = Rejected::default();
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) => {
-            tracing::warn!("rejected: {source}: cannot read: {e}");
-            rejected.anonymous = true;
-            return rejected;
-        }
-    };
-    manifest::parse_each(&source, &text, each, &mut |d| {
+    manifest::parse_each(&source, text, each, &mut |d| {
         if !d.is_error() {
             tracing::warn!("{d}");
             return;
@@ -117,7 +135,7 @@ impl Directory {
         let mut holders = self
             .files
             .iter()
-            .filter(|(_, (_, keys))| keys.contains(key));
+            .filter(|(_, file)| file.keys.contains(key));
         holders.next().map(|(path, _)| path)
     }
 
@@ -142,15 +160,15 @@ impl Directory {
         }
         // Keys a file stopped defining: another file's copy may count now, or none.
         let mut orphaned: BTreeSet<Key> = BTreeSet::new();
-        self.files.retain(|path, (_, keys)| {
+        self.files.retain(|path, file| {
             let kept = now.contains_key(path);
             if !kept {
-                orphaned.append(keys);
+                orphaned.append(&mut file.keys);
             }
             kept
         });
         for (path, stamp) in now {
-            if self.files.get(&path).is_none_or(|(s, _)| *s != stamp) {
+            if self.files.get(&path).is_none_or(|file| file.stamp != stamp) {
                 self.read_file(path, stamp, tx, &mut orphaned)?;
             }
         }
@@ -167,11 +185,21 @@ impl Directory {
         tx: &Sender<Update>,
         orphaned: &mut BTreeSet<Key>,
     ) -> Result<(), Closed> {
+        // Unreadable, or rewritten as it was: nothing to send (read again when it changes).
+        let text = read(&path);
+        let digest = text.as_deref().map(digest);
+        if let Some(old) = self.files.get_mut(&path) {
+            if digest.is_none_or(|d| d == old.digest) {
+                old.stamp = stamp;
+                return Ok(());
+            }
+        }
+        let (text, digest) = (text.unwrap_or_default(), digest.unwrap_or_default());
         let (mut keys, mut result) = (BTreeSet::new(), Ok(()));
-        let rejected = parse(&path, &mut |object| {
+        let rejected = parse(&path, &text, &mut |object| {
             let key = key(&object_id(&object));
             let mut earlier = self.files.range::<PathBuf, _>(..path.clone());
-            match earlier.find(|(_, (_, ks))| ks.contains(&key)) {
+            match earlier.find(|(_, file)| file.keys.contains(&key)) {
                 Some((first, _)) => tracing::warn!(
                     "rejected: {}: {key}: defined again (first in {}); this copy is ignored",
                     path.display(),
@@ -183,14 +211,19 @@ impl Directory {
             keys.insert(key);
         });
         result?;
-        let old = self.files.remove(&path).map(|(_, keys)| keys);
+        let old = self.files.remove(&path).map(|file| file.keys);
         let old = old.unwrap_or_default();
         keys.extend(rejected.objects);
         if rejected.anonymous {
             keys.extend(old.iter().cloned());
         }
         orphaned.extend(old.difference(&keys).cloned());
-        self.files.insert(path, (stamp, keys));
+        let file = File {
+            stamp,
+            digest,
+            keys,
+        };
+        self.files.insert(path, file);
         Ok(())
     }
 
@@ -216,7 +249,8 @@ impl Directory {
         }
         for (path, wanted) in reread {
             let mut result = Ok(());
-            parse(path, &mut |object| {
+            let text = read(path).unwrap_or_default();
+            parse(path, &text, &mut |object| {
                 if result.is_ok() && wanted.contains(&key(&object_id(&object))) {
                     result = send_upsert(tx, object);
                 }
@@ -350,6 +384,28 @@ mod tests {
         );
         std::fs::write(&file, "").unwrap();
         assert_eq!(refresh(&mut directory, &dir), [("remove", "web".into())]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_rewritten_as_it_was_is_not_read_again() {
+        let dir = scratch("same");
+        let mut directory = Directory::default();
+        let file = dir.join("web.yaml");
+        std::fs::write(&file, service("10.96.0.1")).unwrap();
+        assert_eq!(
+            refresh(&mut directory, &dir),
+            [("upsert", "10.96.0.1".into())]
+        );
+        std::fs::write(&file, service("10.96.0.1")).unwrap();
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(refresh(&mut directory, &dir), []);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
