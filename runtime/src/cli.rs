@@ -7,6 +7,7 @@ use crate::engine::Engine;
 use crate::explain::{report, Format, Origin, Proto, Query};
 use crate::input;
 use crate::kernel;
+use crate::logging;
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 use std::io::{IsTerminal, Write};
@@ -61,6 +62,7 @@ pub enum Command {
     /// Keep this node's kernel in sync with the API server (or, with --manifests, a manifest
     /// directory): recompile the Services that change, apply the difference; serve health and
     /// metrics. SIGTERM stops it and leaves the rules in place.
+    #[command(after_help = logging::HELP)]
     Run(RunArgs),
     /// Remove svc-nft's table from this network namespace, and nothing else.
     Cleanup {
@@ -141,7 +143,7 @@ pub struct NodeArgs {
     #[arg(long, default_value = DEFAULT_TABLE)]
     pub table: String,
     /// This node's name, as in endpoints' nodeName.
-    #[arg(long, alias = "hostname-override")]
+    #[arg(long, visible_alias = "hostname-override")]
     pub node_name: Option<String>,
     /// This node's IP addresses (v4 and/or v6).
     #[arg(long = "node-ip", value_delimiter = ',')]

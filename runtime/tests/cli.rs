@@ -352,3 +352,49 @@ fn diff_transaction_is_the_minimal_batch() {
     );
     assert!(!tx.contains("add table"), "only what changed: {tx}");
 }
+
+fn svc_nft_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_svc-nft"));
+    command
+        .args(args)
+        .env_remove("SVC_NFT_LOG")
+        .env_remove("RUST_LOG");
+    command
+        .envs(env.iter().copied())
+        .output()
+        .expect("run svc-nft")
+}
+
+#[test]
+fn log_level_comes_from_svc_nft_log_then_rust_log() {
+    let args = ["compile", "-f", &examples()];
+    let bad = "svc_nft=loud";
+    let warned = |env: &[(&str, &str)]| {
+        let out = svc_nft_env(&args, env);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let rust_log = warned(&[("RUST_LOG", bad)]);
+    assert!(
+        rust_log.starts_with("warning: RUST_LOG=\"svc_nft=loud\" is not a log filter"),
+        "{rust_log}"
+    );
+    let ours = warned(&[("SVC_NFT_LOG", bad), ("RUST_LOG", "info")]);
+    assert!(ours.starts_with("warning: SVC_NFT_LOG="), "{ours}");
+    // SVC_NFT_LOG wins: RUST_LOG is not even read.
+    assert_eq!(warned(&[("SVC_NFT_LOG", "info"), ("RUST_LOG", bad)]), "");
+}
+
+#[test]
+fn run_help_documents_logging_and_shows_hostname_override() {
+    let help = text(&svc_nft(&["run", "--help"], "").stdout);
+    for needle in ["SVC_NFT_LOG", "RUST_LOG", "--hostname-override"] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+    // It is the same flag as --node-name.
+    let out = svc_nft(
+        &["compile", "-f", "-", "--hostname-override", "node-a"],
+        REDIS,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
