@@ -8,7 +8,8 @@ use crate::explain::{report, Format, Origin, Proto, Query};
 use crate::input;
 use crate::kernel;
 use crate::logging;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 use ipnet::IpNet;
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -69,6 +70,19 @@ pub enum Command {
         /// nftables table svc-nft owns (family inet).
         #[arg(long, default_value = DEFAULT_TABLE)]
         table: String,
+    },
+    /// Print a shell completion script: `source <(svc-nft completions bash)`, or save it
+    /// where the shell looks (bash: /usr/share/bash-completion/completions/svc-nft; zsh: a
+    /// file _svc-nft on $fpath; fish: ~/.config/fish/completions/svc-nft.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the manual page (roff), made from these very flags: `svc-nft man | man -l -`;
+    /// with COMMAND, that command's page (svc-nft-COMMAND(1)).
+    Man {
+        /// A command, e.g. compile.
+        command: Option<String>,
     },
     /// Where would this node send a new connection? Evaluates the compiled rules (not the
     /// kernel): DNAT candidates with their share, REJECT, DROP or not handled, whether the
@@ -296,6 +310,11 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
                 }
             }
         }
+        Command::Completions { shell } => {
+            out.write_all(completions(*shell).as_bytes())?;
+            Ok(0)
+        }
+        Command::Man { command } => man_page(command.as_deref(), out, err),
         Command::Explain {
             input,
             from,
@@ -413,6 +432,41 @@ fn explain_command(
     }
     out.write_all(report(&result.compiled.table, facts, query, format).as_bytes())?;
     Ok(status(&result))
+}
+
+fn completions(shell: Shell) -> String {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "svc-nft", &mut script);
+    let script = String::from_utf8_lossy(&script);
+    // clap_complete's bash script spells a hyphenated binary's state two ways
+    // (clap-rs/clap#6421): its loop sets svc__nft__subcmd__compile, its case arms wait for
+    // svc__subcmd__nft__subcmd__compile, so no command's flags would ever complete.
+    match shell {
+        Shell::Bash => script.replace("svc__subcmd__nft", "svc__nft"),
+        _ => script.into_owned(),
+    }
+}
+
+/// The page of svc-nft, or of one of its commands as svc-nft-COMMAND.
+fn man_page(
+    command: Option<&str>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<i32> {
+    let cli = Cli::command();
+    let page = match command {
+        None => cli,
+        Some(name) => match cli.find_subcommand(name) {
+            Some(sub) => sub.clone().name(format!("svc-nft-{name}")),
+            None => {
+                writeln!(err, "error: svc-nft has no command {name:?}")?;
+                return Ok(2);
+            }
+        },
+    };
+    let source = format!("svc-nft {}", env!("CARGO_PKG_VERSION"));
+    clap_mangen::Man::new(page).source(source).render(out)?;
+    Ok(0)
 }
 
 fn unified_diff(a: &str, b: &str, old: &std::path::Path, new: &std::path::Path) -> String {

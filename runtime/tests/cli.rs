@@ -398,3 +398,67 @@ fn run_help_documents_logging_and_shows_hostname_override() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn completions_know_the_commands_and_flags() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = svc_nft(&["completions", shell], "");
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for word in ["compile", "explain", "keep-going", "cluster-cidr"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    assert_eq!(svc_nft(&["completions", "tcsh"], "").status.code(), Some(2));
+}
+
+#[test]
+fn man_pages_are_roff_made_from_the_flags() {
+    let page = text(&svc_nft(&["man"], "").stdout);
+    assert!(page.contains(".TH svc-nft 1"), "{page}");
+    assert!(page.contains("compile"), "{page}");
+    let compile = svc_nft(&["man", "compile"], "");
+    assert!(compile.status.success(), "{}", text(&compile.stderr));
+    let compile = text(&compile.stdout);
+    assert!(compile.contains(".TH svc-nft-compile 1"), "{compile}");
+    assert!(compile.contains("keep\\-going"), "{compile}");
+    assert!(compile.contains("Exit status"), "{compile}");
+    let unknown = svc_nft(&["man", "nope"], "");
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr).contains("no command \"nope\""));
+}
+
+/// What bash offers after `words` with the completion script loaded.
+fn bash_completes(words: &[&str]) -> String {
+    let script = text(&svc_nft(&["completions", "bash"], "").stdout);
+    let dir = Dir::new(
+        &format!("bash-{}", words.len()),
+        &[("svc-nft.bash", &script)],
+    );
+    let program = format!(
+        "source {}/svc-nft.bash; COMP_WORDS=({}); COMP_CWORD={}; \
+         complete -p svc-nft >/dev/null || exit 1; \
+         $(complete -p svc-nft | sed 's/.*-F \\([^ ]*\\).*/\\1/') svc-nft '{}' '{}'; \
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        dir.path(),
+        words.join(" "),
+        words.len() - 1,
+        words[words.len() - 1],
+        words[words.len() - 2],
+    );
+    let out = Command::new("bash")
+        .args(["-c", &program])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn bash_completes_commands_and_flags() {
+    assert!(bash_completes(&["svc-nft", "comp"])
+        .lines()
+        .any(|w| w == "compile"));
+    let flags = bash_completes(&["svc-nft", "compile", "--keep"]);
+    assert_eq!(flags.trim(), "--keep-going");
+}
