@@ -8,7 +8,7 @@ use crate::explain::{report, Format, Origin, Proto, Query};
 use crate::input;
 use crate::kernel;
 use crate::logging;
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, ColorChoice, CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
 use ipnet::IpNet;
 use std::io::{IsTerminal, Write};
@@ -46,6 +46,10 @@ pub enum Command {
         /// Print the minimal nft transaction from OLD to NEW instead of a diff.
         #[arg(long)]
         transaction: bool,
+        /// Colour the diff: auto (when stdout is a terminal and NO_COLOR is unset or empty),
+        /// always or never.
+        #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorChoice::Auto)]
+        color: ColorChoice,
         #[command(flatten)]
         keep_going: KeepGoing,
         #[command(flatten)]
@@ -285,11 +289,16 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
             old,
             new,
             transaction,
+            color,
             keep_going,
             node,
         } => {
             let inputs = [old.as_path(), new.as_path()];
-            diff_command(inputs, *transaction, *keep_going, &node.facts(), out, err)
+            let output = DiffOutput {
+                transaction: *transaction,
+                colour: colour_on(*color, std::io::stdout().is_terminal(), NoColor::from_env()),
+            };
+            diff_command(inputs, output, *keep_going, &node.facts(), out, err)
         }
         Command::Apply { input, node } => apply_command(input, &node.facts(), out, err),
         Command::Run(args) => match args.agent().and_then(|agent| agent.run()) {
@@ -360,9 +369,42 @@ fn compile_command(
     Ok(status(&result))
 }
 
+/// How `diff` prints.
+#[derive(Debug, Clone, Copy)]
+struct DiffOutput {
+    /// The nft batch instead of a unified diff.
+    transaction: bool,
+    colour: bool,
+}
+
+/// Whether NO_COLOR asks for no colours (https://no-color.org: set and not empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoColor {
+    Set,
+    Unset,
+}
+
+impl NoColor {
+    fn from_env() -> NoColor {
+        match std::env::var_os("NO_COLOR") {
+            Some(v) if !v.is_empty() => NoColor::Set,
+            _ => NoColor::Unset,
+        }
+    }
+}
+
+/// --color: `auto` colours a terminal unless NO_COLOR says not to.
+fn colour_on(choice: ColorChoice, terminal: bool, no_color: NoColor) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => terminal && no_color == NoColor::Unset,
+    }
+}
+
 fn diff_command(
     inputs: [&std::path::Path; 2],
-    transaction: bool,
+    output: DiffOutput,
     keep_going: KeepGoing,
     facts: &NodeFacts,
     out: &mut dyn Write,
@@ -374,13 +416,15 @@ fn diff_command(
         return Ok(2);
     }
     let (before, after) = (&before.compiled.table, &after.compiled.table);
-    let changed = if transaction {
+    let changed = if output.transaction {
         let tx = svc_nft_ir::diff(before, after);
         write!(out, "{tx}")?;
         !tx.is_empty()
     } else {
         let (a, b) = (replace_script(before), replace_script(after));
-        out.write_all(unified_diff(&a, &b, inputs[0], inputs[1]).as_bytes())?;
+        let text = unified_diff(&a, &b, inputs);
+        let text = if output.colour { colour(&text) } else { text };
+        out.write_all(text.as_bytes())?;
         a != b
     };
     // Trouble wins over a difference, as in diff(1).
@@ -469,18 +513,12 @@ fn man_page(
     Ok(0)
 }
 
-fn unified_diff(a: &str, b: &str, old: &std::path::Path, new: &std::path::Path) -> String {
-    let diff = similar::TextDiff::from_lines(a, b);
-    let text = diff
+fn unified_diff(a: &str, b: &str, [old, new]: [&std::path::Path; 2]) -> String {
+    similar::TextDiff::from_lines(a, b)
         .unified_diff()
         .context_radius(3)
         .header(&old.display().to_string(), &new.display().to_string())
-        .to_string();
-    if std::io::stdout().is_terminal() {
-        colour(&text)
-    } else {
-        text
-    }
+        .to_string()
 }
 
 /// ANSI colours, as `git diff` uses them.
@@ -510,6 +548,24 @@ mod tests {
             None,
             message.into(),
         )
+    }
+
+    #[test]
+    fn color_auto_means_a_terminal_without_no_color() {
+        use ColorChoice::*;
+        for (choice, terminal, no_color, on) in [
+            (Auto, true, NoColor::Unset, true),
+            (Auto, true, NoColor::Set, false),
+            (Auto, false, NoColor::Unset, false),
+            (Always, false, NoColor::Set, true),
+            (Never, true, NoColor::Unset, false),
+        ] {
+            assert_eq!(
+                colour_on(choice, terminal, no_color),
+                on,
+                "{choice:?} {terminal} {no_color:?}"
+            );
+        }
     }
 
     #[test]

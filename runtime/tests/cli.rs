@@ -462,3 +462,46 @@ fn bash_completes_commands_and_flags() {
     let flags = bash_completes(&["svc-nft", "compile", "--keep"]);
     assert_eq!(flags.trim(), "--keep-going");
 }
+
+/// `svc-nft diff` between two scratch directories with `flags`, `env` set, in a terminal
+/// (`script(1)` gives it one) or not.
+fn coloured_diff(flags: &[&str], env: &[(&str, &str)], terminal: bool) -> bool {
+    let old = Dir::new("colour-old", &[("svc.yaml", REDIS)]);
+    let new = Dir::new(
+        "colour-new",
+        &[("svc.yaml", REDIS), ("eps.yaml", REDIS_ENDPOINTS)],
+    );
+    let bin = env!("CARGO_BIN_EXE_svc-nft");
+    let argv = [&[bin, "diff", old.path(), new.path()][..], flags].concat();
+    let mut command = if terminal {
+        let mut script = Command::new("script");
+        script.args(["-qec", &argv.join(" "), "/dev/null"]);
+        script
+    } else {
+        let mut direct = Command::new(argv[0]);
+        direct.args(&argv[1..]);
+        direct
+    };
+    command.env_remove("NO_COLOR").envs(env.iter().copied());
+    let out = command.output().expect("run svc-nft diff");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("10.244.1.5"), "{stdout}");
+    stdout.contains("\x1b[32m+")
+}
+
+#[test]
+fn diff_colours_follow_color_and_no_color() {
+    let no_color = [("NO_COLOR", "1")];
+    assert!(coloured_diff(&[], &[], true), "auto on a terminal");
+    assert!(
+        !coloured_diff(&[], &no_color, true),
+        "NO_COLOR on a terminal"
+    );
+    assert!(
+        coloured_diff(&[], &[("NO_COLOR", "")], true),
+        "empty NO_COLOR"
+    );
+    assert!(!coloured_diff(&[], &[], false), "auto into a pipe");
+    assert!(coloured_diff(&["--color", "always"], &no_color, false));
+    assert!(!coloured_diff(&["--color=never"], &[], true));
+}
