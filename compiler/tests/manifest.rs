@@ -1,0 +1,104 @@
+//! Reading manifests: what `kubectl apply` would warn about is warned about.
+
+use svc_nft_compiler::manifest::{parse, Object, Resource};
+use svc_nft_compiler::Severity;
+
+/// `namespace/name` of each object and `severity: diagnostic` of each diagnostic.
+fn read(text: &str) -> (Vec<String>, Vec<String>) {
+    let (objects, diagnostics) = parse("f.yaml", text);
+    let names = objects.iter().map(name).collect();
+    let messages = diagnostics
+        .iter()
+        .map(|d| format!("{}: {d}", d.severity))
+        .collect();
+    (names, messages)
+}
+
+fn name(obj: &Object) -> String {
+    let meta = match &obj.resource {
+        Resource::Service(s) => &s.metadata,
+        Resource::EndpointSlice(s) => &s.metadata,
+        Resource::Endpoints(e) => &e.metadata,
+    };
+    let namespace = meta.namespace.as_deref().unwrap_or("default");
+    format!("{namespace}/{}", meta.name.as_deref().unwrap_or_default())
+}
+
+#[test]
+fn misspelt_fields_are_warned_about_and_the_object_is_kept() {
+    let text = "apiVersion: v1
+kind: Service
+metadta: {labels: {a: b}}
+metadata: {name: typo}
+spec:
+  clusterIp: 10.96.0.1
+  ports:
+  - port: 80
+  - port: 81
+    protocl: UDP
+";
+    let (names, messages) = read(text);
+    assert_eq!(names, ["default/typo"]);
+    let prefix = "warning: f.yaml: document 1: Service default/typo";
+    assert_eq!(
+        messages,
+        [
+            format!("{prefix}: metadta: unknown field: ignored"),
+            format!("{prefix}: spec.clusterIp: unknown field: ignored"),
+            format!("{prefix}: spec.ports[1].protocl: unknown field: ignored"),
+        ]
+    );
+    let (objects, diagnostics) = parse("f.yaml", text);
+    assert!(diagnostics.iter().all(|d| d.severity == Severity::Warning));
+    let Resource::Service(svc) = &objects[0].resource else {
+        panic!("a Service")
+    };
+    // The misspelt protocol is not read: the port is TCP, as the API server would keep it.
+    assert_eq!(
+        svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[1].protocol,
+        None
+    );
+}
+
+#[test]
+fn an_unknown_field_of_a_rejected_object_is_named_too() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {tpye: NodePort, ports: [{port: eighty}]}\n";
+    let (names, messages) = read(text);
+    assert!(names.is_empty());
+    assert_eq!(
+        messages,
+        [
+            "warning: f.yaml: document 1: Service default/x: spec.tpye: unknown field: ignored",
+            "error: f.yaml: document 1: Service default/x: spec.ports[0].port: invalid type: \
+             string \"eighty\", expected i32",
+        ]
+    );
+}
+
+/// What `kubectl get svc,endpointslices,endpoints -o yaml` prints: every field the API server
+/// adds (status, managedFields, uid, ...) is known, so nothing is warned about.
+const KUBECTL_GET: &str = include_str!("data/kubectl-get.yaml");
+
+#[test]
+fn a_kubectl_get_dump_reads_without_a_warning() {
+    let (names, messages) = read(KUBECTL_GET);
+    assert_eq!(messages, Vec::<String>::new());
+    assert_eq!(
+        names,
+        [
+            "default/redis",
+            "default/lb",
+            "default/redis-7x2kq",
+            "default/redis"
+        ]
+    );
+}
+
+#[test]
+fn a_kubectl_get_dump_as_json_reads_without_a_warning() {
+    let value: serde_yaml::Value = serde_yaml::from_str(KUBECTL_GET).unwrap();
+    let json = serde_json::to_string_pretty(&value).unwrap();
+    let (names, messages) = read(&json);
+    assert_eq!(messages, Vec::<String>::new());
+    assert_eq!(names.len(), 4);
+}
