@@ -1,4 +1,5 @@
-//! Reading manifests: what `kubectl apply` would warn about is warned about.
+//! Reading manifests: what `kubectl apply` would warn about is warned about, and a broken
+//! document loses only itself.
 
 use svc_nft_compiler::manifest::{parse, Object, Resource};
 use svc_nft_compiler::Severity;
@@ -22,6 +23,10 @@ fn name(obj: &Object) -> String {
     };
     let namespace = meta.namespace.as_deref().unwrap_or("default");
     format!("{namespace}/{}", meta.name.as_deref().unwrap_or_default())
+}
+
+fn service(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{ports: [{{port: 80}}]}}\n")
 }
 
 #[test]
@@ -101,4 +106,88 @@ fn a_kubectl_get_dump_as_json_reads_without_a_warning() {
     let (names, messages) = read(&json);
     assert_eq!(messages, Vec::<String>::new());
     assert_eq!(names.len(), 4);
+}
+
+#[test]
+fn a_syntax_error_loses_only_its_document_and_is_located_in_the_file() {
+    let text = format!(
+        "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: x\n  spec: [\n---\n{}",
+        service("before"),
+        service("after")
+    );
+    let (names, messages) = read(&text);
+    assert_eq!(names, ["default/before", "default/after"]);
+    assert_eq!(
+        messages,
+        [
+            "error: f.yaml: document 2: not YAML/JSON: did not find expected ',' or '}' at line 9 \
+          column 7, while parsing a flow mapping at line 8 column 11"
+        ]
+    );
+}
+
+#[test]
+fn errors_at_a_document_start_and_reader_errors_are_located_in_the_file() {
+    let text = format!(
+        "{}---\n@x: 1\n---\nx: \u{1}\n---\n{}",
+        service("a"),
+        service("b")
+    );
+    let (names, messages) = read(&text);
+    assert_eq!(names, ["default/a", "default/b"]);
+    assert_eq!(
+        messages,
+        [
+            "error: f.yaml: document 2: not YAML/JSON: found character that cannot start any \
+             token at line 6 column 1, while scanning for the next token",
+            "error: f.yaml: document 3: not YAML/JSON: control characters are not allowed at \
+             line 8 column 4",
+        ]
+    );
+}
+
+#[test]
+fn document_markers_are_found_as_yaml_defines_them() {
+    let text = format!(
+        "# a comment before the first marker\n%YAML 1.1\n---\n{}...\n# between\n---\n\
+         --- |\n  a block scalar at the root\n  --- indented: no marker\n\
+         ---  {{apiVersion: v1, kind: Service, metadata: {{name: flow}}}}\n---\n{}...\n",
+        service("one"),
+        service("three"),
+    );
+    let (objects, _) = parse("f.yaml", &text);
+    let names: Vec<String> = objects.iter().map(name).collect();
+    assert_eq!(names, ["default/one", "default/flow", "default/three"]);
+    // The empty document is document 2, the scalar 3.
+    let documents: Vec<usize> = objects.iter().map(|o| o.origin.document).collect();
+    assert_eq!(documents, [1, 4, 5]);
+}
+
+#[test]
+fn document_numbers_match_serde_yaml_on_valid_streams() {
+    let streams = [
+        format!("{}---\n{}", service("a"), service("b")),
+        format!("---\n{}---\n---\n{}---\n", service("a"), service("b")),
+        format!(
+            "# c\n\n---\n# c\n{}...\n---\n{}...\n",
+            service("a"),
+            service("b")
+        ),
+    ];
+    for text in streams {
+        let expected: Vec<usize> = serde_yaml::Deserializer::from_str(&text)
+            .enumerate()
+            .filter_map(|(i, d)| {
+                let v = serde::Deserialize::deserialize(d).unwrap();
+                matches!(v, serde_yaml::Value::Mapping(_)).then_some(i + 1)
+            })
+            .collect();
+        let (objects, diagnostics) = parse("f.yaml", &text);
+        assert!(diagnostics.is_empty(), "{text}: {diagnostics:?}");
+        let documents: Vec<usize> = objects.iter().map(|o| o.origin.document).collect();
+        assert_eq!(documents, expected, "{text}");
+    }
+    // libyaml wants a `---` after a `...`; YAML 1.2 does not.
+    let bare = format!("{}...\n{}", service("a"), service("b"));
+    assert_eq!(read(&bare).0, ["default/a", "default/b"]);
 }

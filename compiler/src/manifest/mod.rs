@@ -1,13 +1,13 @@
 //! Reading Kubernetes manifests: YAML (multi-document) or JSON, single objects or `kind: List`,
 //! into typed k8s-openapi objects. Kinds svc-nft does not use are skipped.
 
+mod documents;
 mod typed;
 
 use crate::diagnostic::{Diagnostic, ObjectId, Origin};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_yaml::Value;
 
 /// An object the compiler reads.
@@ -50,23 +50,19 @@ pub fn parse_each(
         objects,
         diagnostics,
     };
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let origin = Origin::document(source, index + 1);
-        match Value::deserialize(document) {
+    documents::each(text, &mut |document| {
+        let origin = Origin::document(source, document.index);
+        match document.value {
             Ok(Value::Null) => {}
             Ok(value) => read_value(origin, value, &mut out),
-            Err(e) => {
-                (out.diagnostics)(Diagnostic::new(
-                    origin,
-                    None,
-                    None,
-                    format!("not YAML/JSON: {e}"),
-                ));
-                // A syntax error ends the stream: the parser cannot resynchronise after it.
-                break;
-            }
+            Err(e) => (out.diagnostics)(Diagnostic::new(
+                origin,
+                None,
+                None,
+                format!("not YAML/JSON: {e}"),
+            )),
         }
-    }
+    });
 }
 
 /// Where parsed objects and diagnostics go.

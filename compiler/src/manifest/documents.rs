@@ -1,0 +1,145 @@
+//! A file's text as documents. YAML is split at its document markers before parsing, each
+//! document on its own, because serde_yaml's stream stops at the first syntax error and every
+//! later document would be lost. Positions in messages are the file's, not the document's.
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// One document: its 1-based index in the file, and its value or why it has none.
+pub(super) struct Document {
+    pub index: usize,
+    pub value: Result<Value, String>,
+}
+
+/// Hand each document of `text` to `each`, in order.
+pub(super) fn each(text: &str, each: &mut dyn FnMut(Document)) {
+    let chunks = Chunks {
+        rest: text,
+        line: 1,
+    };
+    for (i, chunk) in chunks.enumerate() {
+        let value = Value::deserialize(serde_yaml::Deserializer::from_str(chunk.text))
+            .map_err(|e| yaml_error(&e, &chunk));
+        each(Document {
+            index: i + 1,
+            value,
+        });
+    }
+}
+
+/// serde_yaml's message with the file's positions: it counted lines from the document's
+/// first, gives a reader error's byte offset instead, and omits a position at its very start.
+fn yaml_error(e: &serde_yaml::Error, chunk: &Chunk) -> String {
+    let message = e.to_string();
+    let offset = message
+        .rsplit_once(" at position ")
+        .and_then(|(head, n)| Some((head, n.parse::<usize>().ok()?)));
+    if let Some((head, offset)) = offset {
+        let (line, column) = line_column(chunk.text, offset);
+        return format!("{head} at line {} column {column}", line + chunk.line - 1);
+    }
+    let mut message = shift_lines(&message, chunk.line - 1);
+    if let Some(at) = e.location().filter(|_| !message.contains(" at line ")) {
+        let line = at.line() + chunk.line - 1;
+        message += &format!(" at line {line} column {}", at.column());
+    }
+    message
+}
+
+/// The 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (before.matches('\n').count() + 1, column)
+}
+
+/// `message` with the line of each position (`at line N column M`) moved `by` lines down: the
+/// parser counted from the first line of what it was given.
+fn shift_lines(message: &str, by: usize) -> String {
+    const AT: &str = " at line ";
+    let mut out = String::with_capacity(message.len() + 4);
+    let mut rest = message;
+    while let Some(i) = rest.find(AT) {
+        let (before, after) = rest.split_at(i + AT.len());
+        out.push_str(before);
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        match after[..digits].parse::<usize>() {
+            Ok(n) if after[digits..].starts_with(" column ") => out.push_str(&(n + by).to_string()),
+            _ => out.push_str(&after[..digits]),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A YAML document's text and the file line it starts on.
+struct Chunk<'a> {
+    text: &'a str,
+    line: usize,
+}
+
+/// YAML text cut at the document markers at column 0: before a `---` (alone on its line or
+/// followed by a space and content) and after a `...`. Comments and directives before a `---`
+/// belong to its document; a part with nothing else is no document, as for libyaml. Column 0
+/// is safe: a block scalar's lines are indented, and a quoted scalar cannot hold a marker.
+struct Chunks<'a> {
+    rest: &'a str,
+    line: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    Start,
+    End,
+}
+
+impl<'a> Iterator for Chunks<'a> {
+    type Item = Chunk<'a>;
+
+    fn next(&mut self) -> Option<Chunk<'a>> {
+        let (mut content, mut len, mut lines) = (false, 0, 0);
+        for line in self.rest.split_inclusive('\n') {
+            let marker = marker(line);
+            if content && marker == Some(Marker::Start) {
+                break;
+            }
+            len += line.len();
+            lines += 1;
+            if content && marker == Some(Marker::End) {
+                break;
+            }
+            content |= match marker {
+                Some(m) => m == Marker::Start,
+                None => !preamble(line),
+            };
+        }
+        let (text, rest) = self.rest.split_at(len);
+        let chunk = Chunk {
+            text,
+            line: self.line,
+        };
+        self.rest = rest;
+        self.line += lines;
+        // Without content the loop ran to the end of the text.
+        content.then_some(chunk)
+    }
+}
+
+fn marker(line: &str) -> Option<Marker> {
+    let line = line.trim_end_matches(['\n', '\r']);
+    let marker = match line.get(..3)? {
+        "---" => Marker::Start,
+        "..." => Marker::End,
+        _ => return None,
+    };
+    let after = &line[3..];
+    (after.is_empty() || after.starts_with([' ', '\t'])).then_some(marker)
+}
+
+/// A blank line, a comment or a directive: no document by itself.
+fn preamble(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    trimmed.is_empty() || trimmed.starts_with('#') || line.starts_with('%')
+}
