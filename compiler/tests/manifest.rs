@@ -1,5 +1,5 @@
-//! Reading manifests: what `kubectl apply` would warn about is warned about, and a broken
-//! document loses only itself.
+//! Reading manifests: what `kubectl apply` accepts is accepted, what it would warn about is
+//! warned about, and a broken document loses only itself.
 
 use svc_nft_compiler::manifest::{parse, Object, Resource};
 use svc_nft_compiler::Severity;
@@ -155,10 +155,14 @@ fn document_markers_are_found_as_yaml_defines_them() {
         service("one"),
         service("three"),
     );
-    let (objects, _) = parse("f.yaml", &text);
-    let names: Vec<String> = objects.iter().map(name).collect();
+    let (names, messages) = read(&text);
     assert_eq!(names, ["default/one", "default/flow", "default/three"]);
-    // The empty document is document 2, the scalar 3.
+    // The empty document is document 2, the scalar (no object) 3.
+    assert_eq!(
+        messages,
+        ["warning: f.yaml: document 3: not a Kubernetes object: skipped"]
+    );
+    let (objects, _) = parse("f.yaml", &text);
     let documents: Vec<usize> = objects.iter().map(|o| o.origin.document).collect();
     assert_eq!(documents, [1, 4, 5]);
 }
@@ -190,4 +194,146 @@ fn document_numbers_match_serde_yaml_on_valid_streams() {
     // libyaml wants a `---` after a `...`; YAML 1.2 does not.
     let bare = format!("{}...\n{}", service("a"), service("b"));
     assert_eq!(read(&bare).0, ["default/a", "default/b"]);
+}
+
+#[test]
+fn a_bom_and_crlf_line_ends_are_accepted() {
+    let text = format!(
+        "\u{feff}{}---\nkind: Service\nmetadata: {{name: x\n---\n{}",
+        service("first"),
+        service("second")
+    )
+    .replace('\n', "\r\n");
+    let (objects, diagnostics) = parse("f.yaml", &text);
+    let names: Vec<String> = objects.iter().map(name).collect();
+    assert_eq!(names, ["default/first", "default/second"]);
+    assert_eq!(diagnostics.len(), 1);
+    assert!(
+        diagnostics[0].message.contains("at line 8 column 1"),
+        "{}",
+        diagnostics[0]
+    );
+}
+
+#[test]
+fn json_streams_and_arrays_are_read_and_resume_after_an_error() {
+    let object = |name: &str| {
+        format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}}}}"#)
+    };
+    // `jq -c '.items[]'`, its second line cut short.
+    let stream = format!(
+        "{}\n{{\"apiVersion\":\"v1\",\"ki\n{}\n",
+        object("a"),
+        object("c")
+    );
+    let (names, messages) = read(&stream);
+    assert_eq!(names, ["default/a", "default/c"]);
+    assert_eq!(
+        messages,
+        [
+            "error: f.yaml: document 2: not YAML/JSON: control character (\\u0000-\\u001F) found \
+          while parsing a string at line 2 column 23"
+        ]
+    );
+    // `jq '.items[]'`: pretty-printed, one object after another; the error after the first
+    // one is located in the file too.
+    let pretty = format!(
+        "{}\n{{\n  \"oops\"\n}}\n{}\n{{\n  \"kind\": \"Service\",\n  \"metadata\": {{\n",
+        object("a"),
+        object("c")
+    );
+    let (names, messages) = read(&pretty);
+    assert_eq!(names, ["default/a", "default/c"]);
+    assert_eq!(
+        messages,
+        [
+            "error: f.yaml: document 2: not YAML/JSON: expected `:` at line 4 column 1",
+            "error: f.yaml: document 4: not YAML/JSON: EOF while parsing an object at line 8 \
+             column 16",
+        ]
+    );
+    // An array of objects, as `jq '.items'` prints.
+    let array = format!("\u{feff}[{}, {}]", object("a"), object("b")).replace('\n', "\r\n");
+    assert_eq!(
+        read(&array),
+        (vec!["default/a".into(), "default/b".into()], vec![])
+    );
+}
+
+#[test]
+fn documents_that_are_not_kubernetes_objects_are_skipped_with_one_warning() {
+    let chart = "apiVersion: v2\nname: shop\nversion: 1.0.0\n";
+    let values = "replicaCount: 2\nimage: {repository: nginx}\n";
+    let kustomization = "resources: [service.yaml]\n";
+    let scalars = "- a\n- b\n";
+    for text in [chart, values, kustomization, scalars, "just text\n"] {
+        assert_eq!(
+            read(text),
+            (
+                vec![],
+                vec!["warning: f.yaml: document 1: not a Kubernetes object: skipped".into()]
+            ),
+            "{text}"
+        );
+    }
+    // A kind svc-nft does not use is skipped without a word; empty lists too.
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
+    assert_eq!(read(deployment), (vec![], vec![]));
+    assert_eq!(read("[]"), (vec![], vec![]));
+    assert_eq!(
+        read("apiVersion: v1\nkind: List\nitems: []\n"),
+        (vec![], vec![])
+    );
+}
+
+#[test]
+fn one_of_our_kinds_without_an_api_version_is_an_error() {
+    let text = "kind: EndpointSlice\nmetadata: {name: s, namespace: n}\n";
+    assert_eq!(
+        read(text).1,
+        [
+            "error: f.yaml: document 1: EndpointSlice n/s: apiVersion: is required \
+          (discovery.k8s.io/v1)"
+        ]
+    );
+}
+
+#[test]
+fn v1beta1_endpoint_slices_are_not_used_and_say_so() {
+    let text = "apiVersion: discovery.k8s.io/v1beta1
+kind: EndpointSlice
+metadata: {name: old-abc, labels: {kubernetes.io/service-name: old}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.9], topology: {kubernetes.io/hostname: n}}]
+";
+    assert_eq!(
+        read(text),
+        (
+            vec![],
+            vec![
+                "warning: f.yaml: document 1: EndpointSlice default/old-abc: apiVersion: \
+                 discovery.k8s.io/v1beta1 is not served since Kubernetes 1.25: not used (write \
+                 discovery.k8s.io/v1)"
+                    .into()
+            ]
+        )
+    );
+}
+
+#[test]
+fn helm_templates_are_recognised() {
+    const HINT: &str = "looks like a Helm template: render it first (helm template RELEASE CHART)";
+    let syntax =
+        "apiVersion: v1\nkind: Service\nmetadata:\n  labels:\n    {{- include \"x\" . }}\n";
+    let typed = "apiVersion: v1\nkind: Service\nmetadata: {name: t}\nspec: {ports: [{port: {{ .Values.port }}}]}\n";
+    for text in [syntax, typed] {
+        let (names, messages) = read(&format!("{text}---\n{}", service("plain")));
+        assert_eq!(names, ["default/plain"]);
+        assert_eq!(messages.len(), 1);
+        assert!(messages[0].starts_with("error: f.yaml: document 1: "));
+        assert!(messages[0].ends_with(HINT), "{}", messages[0]);
+    }
+    // The hint is for documents with `{{` only.
+    let (_, messages) = read("apiVersion: v1\nkind: Service\nmetadata: {name: x\n");
+    assert!(!messages[0].contains("Helm"));
 }

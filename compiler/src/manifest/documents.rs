@@ -1,18 +1,37 @@
 //! A file's text as documents. YAML is split at its document markers before parsing, each
 //! document on its own, because serde_yaml's stream stops at the first syntax error and every
-//! later document would be lost. Positions in messages are the file's, not the document's.
+//! later document would be lost. JSON (one value, or a stream of them as `jq -c` prints, which
+//! is no YAML) goes to serde_json. Positions in messages are the file's, not the document's.
 
 use serde::Deserialize;
 use serde_yaml::Value;
 
-/// One document: its 1-based index in the file, and its value or why it has none.
-pub(super) struct Document {
+/// One document: its 1-based index in the file, its text, and its value or why it has none.
+pub(super) struct Document<'a> {
     pub index: usize,
+    pub text: &'a str,
     pub value: Result<Value, String>,
 }
 
 /// Hand each document of `text` to `each`, in order.
 pub(super) fn each(text: &str, each: &mut dyn FnMut(Document)) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if looks_like_json(text) {
+        json(text, each)
+    } else {
+        yaml(text, each)
+    }
+}
+
+/// An object (`{"`) or an array of them (`[{"`): JSON, not YAML's flow style (`{name: x}`).
+fn looks_like_json(text: &str) -> bool {
+    let text = text.trim_start();
+    let text = text.strip_prefix('[').map_or(text, str::trim_start);
+    text.strip_prefix('{')
+        .is_some_and(|rest| rest.trim_start().starts_with('"'))
+}
+
+fn yaml(text: &str, each: &mut dyn FnMut(Document)) {
     let chunks = Chunks {
         rest: text,
         line: 1,
@@ -22,6 +41,7 @@ pub(super) fn each(text: &str, each: &mut dyn FnMut(Document)) {
             .map_err(|e| yaml_error(&e, &chunk));
         each(Document {
             index: i + 1,
+            text: chunk.text,
             value,
         });
     }
@@ -52,6 +72,68 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
     (before.matches('\n').count() + 1, column)
+}
+
+/// A stream of JSON values. After a syntax error, parsing resumes at the next line that
+/// starts with `{`: where `jq` starts each top-level object.
+fn json(text: &str, each: &mut dyn FnMut(Document)) {
+    let (mut from, mut line, mut index) = (0, 1, 0);
+    while from < text.len() {
+        let mut values = serde_json::Deserializer::from_str(&text[from..]).into_iter::<Value>();
+        let failed = loop {
+            let start = skip_whitespace(text, from + values.byte_offset());
+            index += 1;
+            match values.next() {
+                None => return,
+                Some(Ok(value)) => {
+                    let text = &text[start..from + values.byte_offset()];
+                    each(Document {
+                        index,
+                        text,
+                        value: Ok(value),
+                    });
+                }
+                Some(Err(e)) => break (start, e),
+            }
+        };
+        let (start, e) = failed;
+        let end = next_line_starting_with(text, start, '{');
+        let value = Err(json_error(&e, &text[from..], line));
+        each(Document {
+            index,
+            text: &text[start..end],
+            value,
+        });
+        line += text[from..end].matches('\n').count();
+        from = end;
+    }
+}
+
+/// serde_json's message with the file's position: it counted lines from `text`, at line
+/// `first_line`, and puts an error at a line's end at column 0 of the next one.
+fn json_error(e: &serde_json::Error, text: &str, first_line: usize) -> String {
+    let message = e.to_string();
+    let (line, column) = (e.line(), e.column());
+    let Some(bare) = message.strip_suffix(&format!(" at line {line} column {column}")) else {
+        return message;
+    };
+    let previous = line.checked_sub(2).and_then(|n| text.lines().nth(n));
+    let (line, column) = match previous {
+        Some(previous) if column == 0 => (line - 1, previous.chars().count() + 1),
+        _ => (line, column),
+    };
+    format!("{bare} at line {} column {column}", line + first_line - 1)
+}
+
+fn skip_whitespace(text: &str, at: usize) -> usize {
+    text.len() - text[at..].trim_start().len()
+}
+
+/// The offset of the first line after `at` that starts with `c`, or the end of `text`.
+fn next_line_starting_with(text: &str, at: usize, c: char) -> usize {
+    let mut pattern = [0; 5];
+    let pattern = format!("\n{}", c.encode_utf8(&mut pattern));
+    text[at..].find(&pattern).map_or(text.len(), |i| at + i + 1)
 }
 
 /// `message` with the line of each position (`at line N column M`) moved `by` lines down: the

@@ -1,5 +1,7 @@
-//! Reading Kubernetes manifests: YAML (multi-document) or JSON, single objects or `kind: List`,
-//! into typed k8s-openapi objects. Kinds svc-nft does not use are skipped.
+//! Reading Kubernetes manifests into typed k8s-openapi objects: multi-document YAML, JSON (one
+//! object, a stream of them as `jq -c` prints, or an array), single objects or `kind: List`.
+//! Kinds svc-nft does not use are skipped; so, with a warning, are documents that are not
+//! Kubernetes objects at all (a Chart.yaml or values.yaml in a manifest directory).
 
 mod documents;
 mod typed;
@@ -49,13 +51,15 @@ pub fn parse_each(
     let mut out = Sink {
         objects,
         diagnostics,
+        templated: false,
     };
     documents::each(text, &mut |document| {
         let origin = Origin::document(source, document.index);
+        out.templated = document.text.contains("{{");
         match document.value {
             Ok(Value::Null) => {}
             Ok(value) => read_value(origin, value, &mut out),
-            Err(e) => (out.diagnostics)(Diagnostic::new(
+            Err(e) => out.error(Diagnostic::new(
                 origin,
                 None,
                 None,
@@ -69,25 +73,60 @@ pub fn parse_each(
 struct Sink<'a> {
     objects: &'a mut dyn FnMut(Object),
     diagnostics: &'a mut dyn FnMut(Diagnostic),
+    /// The current document has `{{`: its errors most likely come from template syntax.
+    templated: bool,
 }
 
+impl Sink<'_> {
+    fn error(&mut self, mut d: Diagnostic) {
+        if self.templated {
+            d.message +=
+                "; looks like a Helm template: render it first (helm template RELEASE CHART)";
+        }
+        (self.diagnostics)(d)
+    }
+
+    fn warning(&mut self, d: Diagnostic) {
+        (self.diagnostics)(d.warning())
+    }
+
+    fn not_an_object(&mut self, origin: Origin) {
+        let msg = "not a Kubernetes object: skipped".to_string();
+        self.warning(Diagnostic::new(origin, None, None, msg));
+    }
+}
+
+/// A document: one object, or a sequence of them (a JSON array).
 fn read_value(origin: Origin, value: Value, out: &mut Sink) {
+    match value {
+        Value::Mapping(_) => read_object(origin, value, out),
+        Value::Sequence(items) if items.is_empty() || items.iter().any(Value::is_mapping) => {
+            read_items(&origin, items, out)
+        }
+        _ => out.not_an_object(origin),
+    }
+}
+
+fn read_items(origin: &Origin, items: Vec<Value>, out: &mut Sink) {
+    for (i, item) in items.into_iter().enumerate() {
+        match item {
+            Value::Mapping(_) => read_object(origin.item(i), item, out),
+            _ => out.not_an_object(origin.item(i)),
+        }
+    }
+}
+
+/// The kinds svc-nft reads, with their apiVersion.
+const KINDS: [(&str, &str); 3] = [
+    ("Service", "v1"),
+    ("Endpoints", "v1"),
+    ("EndpointSlice", "discovery.k8s.io/v1"),
+];
+
+fn read_object(origin: Origin, value: Value, out: &mut Sink) {
     let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or_default();
     match (field("apiVersion"), field("kind")) {
-        ("v1", "List") => {
-            let items = match value.get("items") {
-                Some(Value::Sequence(items)) => items.clone(),
-                Some(Value::Null) | None => vec![],
-                Some(_) => {
-                    let msg = "must be a list of objects".to_string();
-                    let d = Diagnostic::new(origin, None, Some("items".into()), msg);
-                    return (out.diagnostics)(d);
-                }
-            };
-            for (i, item) in items.into_iter().enumerate() {
-                read_value(origin.item(i), item, out);
-            }
-        }
+        ("v1", "List") => read_list(origin, value, out),
         ("v1", "Service") => decode(origin, "Service", value, out, |s| {
             Resource::Service(Box::new(s))
         }),
@@ -99,13 +138,39 @@ fn read_value(origin: Origin, value: Value, out: &mut Sink) {
                 Resource::EndpointSlice(Box::new(s))
             })
         }
-        (api_version, kind) if api_version.is_empty() || kind.is_empty() => {
-            let id = ObjectId::of(kind, &value);
-            let msg = "not a Kubernetes object (apiVersion and kind are required)".to_string();
-            (out.diagnostics)(Diagnostic::new(origin, Some(id), None, msg))
+        ("discovery.k8s.io/v1beta1", "EndpointSlice") => {
+            let msg = "discovery.k8s.io/v1beta1 is not served since Kubernetes 1.25: not used \
+                       (write discovery.k8s.io/v1)";
+            out.warning(api_version(origin, "EndpointSlice", &value, msg.into()))
         }
+        // One of ours with its apiVersion left out is rejected, not skipped quietly.
+        ("", kind) => match KINDS.into_iter().find(|(k, _)| *k == kind) {
+            Some((kind, expected)) => {
+                let msg = format!("is required ({expected})");
+                out.error(api_version(origin, kind, &value, msg))
+            }
+            None => out.not_an_object(origin),
+        },
+        (_, "") => out.not_an_object(origin),
         (api_version, kind) => {
             tracing::debug!("{origin}: skipping {api_version} {kind}: not used by svc-nft");
+        }
+    }
+}
+
+/// A diagnostic about an object's apiVersion.
+fn api_version(origin: Origin, kind: &str, value: &Value, message: String) -> Diagnostic {
+    let id = ObjectId::of(kind, value);
+    Diagnostic::new(origin, Some(id), Some("apiVersion".into()), message)
+}
+
+fn read_list(origin: Origin, mut value: Value, out: &mut Sink) {
+    match value.get_mut("items").map(std::mem::take) {
+        Some(Value::Sequence(items)) => read_items(&origin, items, out),
+        Some(Value::Null) | None => {}
+        Some(_) => {
+            let msg = "must be a list of objects".to_string();
+            out.error(Diagnostic::new(origin, None, Some("items".into()), msg));
         }
     }
 }
@@ -124,15 +189,18 @@ fn decode<T: DeserializeOwned>(
     let decoded = typed::decode::<T>(value, &mut |field| unknown.push(field));
     for field in unknown {
         let msg = "unknown field: ignored".to_string();
-        (out.diagnostics)(
-            Diagnostic::new(origin.clone(), Some(id.clone()), Some(field), msg).warning(),
-        );
+        out.warning(Diagnostic::new(
+            origin.clone(),
+            Some(id.clone()),
+            Some(field),
+            msg,
+        ));
     }
     match decoded {
         Ok(object) => (out.objects)(Object {
             origin,
             resource: resource(object),
         }),
-        Err((field, msg)) => (out.diagnostics)(Diagnostic::new(origin, Some(id), field, msg)),
+        Err((field, msg)) => out.error(Diagnostic::new(origin, Some(id), field, msg)),
     }
 }
