@@ -1,14 +1,17 @@
-//! `svc-nft run` settings: command-line flags over a `--config` file over kube-proxy's
-//! defaults. The file uses kube-proxy's KubeProxyConfiguration names where one exists.
+//! `svc-nft run` settings: command-line flags over a `--config` file over defaults. The file
+//! is either svc-nft's own (KubeProxyConfiguration's names where one exists, no apiVersion)
+//! or kube-proxy's KubeProxyConfiguration itself, as kubeadm's `kube-proxy` ConfigMap holds
+//! it (see `kubeproxy.rs`).
 
 use crate::agent::{parse_duration, Agent, Input};
 use crate::cidr;
 use crate::cli::NodeArgs;
+use crate::kubeproxy::{self, API_VERSION, KIND};
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
 use serde::Deserialize;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -28,7 +31,9 @@ pub struct RunArgs {
     /// ~/.kube/config).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// Settings file (YAML, kube-proxy's KubeProxyConfiguration names); flags win over it.
+    /// Settings file (YAML): kube-proxy's KubeProxyConfiguration as it is (e.g. kubeadm's
+    /// kube-proxy ConfigMap's config.conf; what svc-nft does not use is named in a warning),
+    /// or svc-nft's own keys without apiVersion/kind (deploy/configmap.yaml). Flags win.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Shortest time between two syncs: changes within it are applied together (default 1s).
@@ -50,7 +55,62 @@ pub struct RunArgs {
     pub node: NodeArgs,
 }
 
-/// The settings file.
+/// Why a --config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problem: Problem,
+}
+
+/// What is wrong with a --config file.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Yaml(#[from] serde_yaml::Error),
+    #[error(
+        "apiVersion {0:?}, kind {1:?}: svc-nft reads {API_VERSION} {KIND}, or its own keys \
+         without apiVersion and kind"
+    )]
+    Type(String, String),
+    #[error("unknown field {0}")]
+    UnknownField(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl Problem {
+    pub(crate) fn invalid(key: &str, reason: &str) -> Problem {
+        Problem::Invalid {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// What a --config file sets, whichever format it is in; flags win over it.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Settings {
+    pub cluster_cidrs: Vec<IpNet>,
+    pub service_cidrs: Vec<IpNet>,
+    pub nodeport_addresses: Vec<IpNet>,
+    pub node_ips: Vec<IpAddr>,
+    pub masquerade_all: bool,
+    pub hostname_override: Option<String>,
+    /// "" turns the server off.
+    pub healthz_bind_address: Option<String>,
+    pub metrics_bind_address: Option<String>,
+    pub min_sync_period: Option<Duration>,
+    pub sync_period: Option<Duration>,
+    pub log_format: Option<LogFormat>,
+    /// Set fields svc-nft has no use for (a KubeProxyConfiguration's), as dotted paths.
+    pub ignored: Vec<String>,
+}
+
+/// svc-nft's own format: KubeProxyConfiguration's names where one exists, plus
+/// serviceCIDR and logFormat; no apiVersion or kind.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct File {
@@ -70,9 +130,57 @@ struct File {
     log_format: Option<LogFormat>,
 }
 
-/// Comma-separated CIDRs, as kube-proxy's clusterCIDR, merged.
-fn cidrs(text: &str, key: &str) -> Result<Vec<IpNet>, String> {
-    cidr::parse_list([text]).map_err(|e| format!("{key}: {e}"))
+impl File {
+    fn settings(self) -> Result<Settings, Problem> {
+        let period = |text: Option<String>, key| text.map(|t| duration(&t, key)).transpose();
+        Ok(Settings {
+            cluster_cidrs: cidrs(self.cluster_cidr.as_deref(), "clusterCIDR")?,
+            service_cidrs: cidrs(self.service_cidr.as_deref(), "serviceCIDR")?,
+            nodeport_addresses: cidrs(
+                self.node_port_addresses.iter().map(String::as_str),
+                "nodePortAddresses",
+            )?,
+            node_ips: vec![],
+            masquerade_all: self.masquerade_all,
+            hostname_override: self.hostname_override.filter(|h| !h.is_empty()),
+            healthz_bind_address: self.healthz_bind_address,
+            metrics_bind_address: self.metrics_bind_address,
+            min_sync_period: period(self.min_sync_period, "minSyncPeriod")?,
+            sync_period: period(self.sync_period, "syncPeriod")?,
+            log_format: self.log_format,
+            ignored: vec![],
+        })
+    }
+}
+
+/// Only what tells the two formats apart.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    api_version: Option<String>,
+    kind: Option<String>,
+}
+
+/// A settings file's text in either format.
+pub(crate) fn parse(text: &str) -> Result<Settings, Problem> {
+    let meta: TypeMeta = serde_yaml::from_str(text).unwrap_or_default();
+    match (meta.api_version, meta.kind) {
+        (None, None) => serde_yaml::from_str::<File>(text)?.settings(),
+        (Some(v), Some(k)) if v == API_VERSION && k == KIND => kubeproxy::settings(text),
+        (v, k) => Err(Problem::Type(v.unwrap_or_default(), k.unwrap_or_default())),
+    }
+}
+
+/// Comma-separated CIDRs (kube-proxy's clusterCIDR), or a list of them, merged.
+pub(crate) fn cidrs<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+    key: &str,
+) -> Result<Vec<IpNet>, Problem> {
+    cidr::parse_list(texts).map_err(|e| Problem::invalid(key, &e.to_string()))
+}
+
+pub(crate) fn duration(text: &str, key: &str) -> Result<Duration, Problem> {
+    parse_duration(text).map_err(|e| Problem::invalid(key, &e))
 }
 
 /// "" turns a server off.
@@ -86,26 +194,17 @@ fn address(text: &str, key: &str) -> Result<Option<SocketAddr>, String> {
     }
 }
 
-fn duration(
-    flag: Option<Duration>,
-    file: &Option<String>,
-    key: &str,
-    default: u64,
-) -> Result<Duration, String> {
-    match (flag, file) {
-        (Some(d), _) => Ok(d),
-        (None, Some(text)) => parse_duration(text).map_err(|e| format!("{key}: {e}")),
-        (None, None) => Ok(Duration::from_secs(default)),
-    }
-}
-
 impl RunArgs {
-    fn file(&self) -> Result<File, String> {
+    fn file(&self) -> Result<Settings, ConfigError> {
         let Some(path) = &self.config else {
-            return Ok(File::default());
+            return Ok(Settings::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let error = |problem| ConfigError {
+            path: path.clone(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.into()))?;
+        parse(&text).map_err(error)
     }
 
     /// The log format: the flag, else the file's, else text.
@@ -114,25 +213,39 @@ impl RunArgs {
         self.log_format.or(file).unwrap_or(LogFormat::Text)
     }
 
-    /// The agent these settings describe.
+    /// The agent these settings describe; the settings of the file svc-nft ignores are
+    /// named in one warning.
     pub fn agent(&self) -> Result<Agent, String> {
-        let file = self.file()?;
+        let file = self.file().map_err(|e| e.to_string())?;
+        if !file.ignored.is_empty() {
+            let config = self.config.as_deref().unwrap_or(Path::new("")).display();
+            tracing::warn!(
+                %config,
+                ignored = %file.ignored.join(", "),
+                "kube-proxy settings svc-nft does not use are ignored"
+            );
+        }
+        self.merge(file)
+    }
+
+    fn merge(&self, file: Settings) -> Result<Agent, String> {
         let mut node = self.node.facts();
-        if node.cluster_cidrs.is_empty() {
-            node.cluster_cidrs = cidrs(file.cluster_cidr.as_deref().unwrap_or(""), "clusterCIDR")?;
-        }
-        if node.service_cidrs.is_empty() {
-            node.service_cidrs = cidrs(file.service_cidr.as_deref().unwrap_or(""), "serviceCIDR")?;
-        }
-        if node.nodeport_addresses.is_empty() {
-            let joined = file.node_port_addresses.join(",");
-            node.nodeport_addresses = cidrs(&joined, "nodePortAddresses")?;
+        let or_file = |flag: &mut Vec<IpNet>, file: Vec<IpNet>| {
+            if flag.is_empty() {
+                *flag = file;
+            }
+        };
+        or_file(&mut node.cluster_cidrs, file.cluster_cidrs);
+        or_file(&mut node.service_cidrs, file.service_cidrs);
+        or_file(&mut node.nodeport_addresses, file.nodeport_addresses);
+        if node.node_ips.is_empty() {
+            node.node_ips = file.node_ips;
         }
         node.masquerade_all |= file.masquerade_all;
         // kube-proxy's order: the flag, the file, the NODE_NAME the DaemonSet sets, the host name.
         node.node_name = node
             .node_name
-            .or(file.hostname_override.filter(|h| !h.is_empty()))
+            .or(file.hostname_override)
             .or(std::env::var("NODE_NAME").ok().filter(|h| !h.is_empty()))
             .or_else(hostname);
         let healthz = self
@@ -149,13 +262,14 @@ impl RunArgs {
                 None => Input::ApiServer(self.kubeconfig.clone()),
             },
             node,
-            min_sync_period: duration(
-                self.min_sync_period,
-                &file.min_sync_period,
-                "minSyncPeriod",
-                1,
-            )?,
-            sync_period: duration(self.sync_period, &file.sync_period, "syncPeriod", 3600)?,
+            min_sync_period: self
+                .min_sync_period
+                .or(file.min_sync_period)
+                .unwrap_or(Duration::from_secs(1)),
+            sync_period: self
+                .sync_period
+                .or(file.sync_period)
+                .unwrap_or(Duration::from_secs(3600)),
             healthz: address(
                 healthz.as_deref().unwrap_or("0.0.0.0:10256"),
                 "healthzBindAddress",
@@ -216,6 +330,179 @@ mod tests {
         assert_eq!(agent.healthz, Some("0.0.0.0:10256".parse().unwrap()));
         assert_eq!(agent.node.node_name.as_deref(), Some("flagged"));
         assert_eq!(log_format, LogFormat::Json);
+    }
+
+    /// kubeadm's `config.conf` with `edit` applied to its text.
+    fn kubeadm(edit: impl Fn(String) -> String) -> Result<Settings, Problem> {
+        let map: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("testdata/kubeadm-kube-proxy.yaml")).unwrap();
+        let conf = map["data"]["config.conf"].as_str().unwrap().to_string();
+        parse(&edit(conf))
+    }
+
+    fn error(edit: impl Fn(String) -> String) -> String {
+        kubeadm(edit).unwrap_err().to_string()
+    }
+
+    /// Replace the line `key: ...` (indented as it is) with `key: value`.
+    fn set(text: String, section: &str, key: &str, value: &str) -> String {
+        let mut in_section = section.is_empty();
+        let lines = text.lines().map(|line| {
+            if !line.starts_with(' ') {
+                in_section = section.is_empty() || line == format!("{section}:");
+            }
+            let indent = if section.is_empty() { "" } else { "  " };
+            if in_section && line.starts_with(&format!("{indent}{key}:")) {
+                format!("{indent}{key}: {value}")
+            } else {
+                line.to_string()
+            }
+        });
+        lines.collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn kubeadms_kube_proxy_config_is_taken_as_it_is() {
+        let settings = kubeadm(|t| t).unwrap();
+        assert_eq!(
+            settings,
+            Settings {
+                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                // kube-proxy's defaults for its empty servers' addresses.
+                healthz_bind_address: Some("0.0.0.0:10256".into()),
+                metrics_bind_address: Some("127.0.0.1:10249".into()),
+                // The only setting of it svc-nft does not use (it asks the API server with
+                // its own service account, or --kubeconfig).
+                ignored: vec!["clientConnection.kubeconfig".into()],
+                ..Settings::default()
+            }
+        );
+    }
+
+    #[test]
+    fn kube_proxys_settings_are_read_where_kube_proxy_reads_them() {
+        let nftables = kubeadm(|t| {
+            let t = set(t, "", "mode", "nftables");
+            let t = set(t, "nftables", "masqueradeAll", "true");
+            let t = set(t, "nftables", "syncPeriod", "30s");
+            let t = set(t, "nftables", "minSyncPeriod", "1m30s");
+            let t = set(t, "iptables", "syncPeriod", "5s");
+            let t = set(t, "", "clusterCIDR", "10.244.0.0/16,fd00:10:244::/56");
+            let t = set(t, "", "nodePortAddresses", "[192.0.2.0/24]");
+            let t = set(t, "", "hostnameOverride", "node-a");
+            let t = set(t, "", "healthzBindAddress", "192.0.2.10");
+            set(t, "", "metricsBindAddress", "0.0.0.0:10249")
+        })
+        .unwrap();
+        assert!(nftables.masquerade_all);
+        assert_eq!(nftables.sync_period, Some(Duration::from_secs(30)));
+        assert_eq!(nftables.min_sync_period, Some(Duration::from_secs(90)));
+        assert_eq!(nftables.cluster_cidrs.len(), 2);
+        assert_eq!(
+            nftables.nodeport_addresses,
+            ["192.0.2.0/24".parse().unwrap()]
+        );
+        assert_eq!(nftables.hostname_override.as_deref(), Some("node-a"));
+        // An address alone gets kube-proxy's port.
+        assert_eq!(
+            nftables.healthz_bind_address.as_deref(),
+            Some("192.0.2.10:10256")
+        );
+        assert_eq!(
+            nftables.metrics_bind_address.as_deref(),
+            Some("0.0.0.0:10249")
+        );
+        // Mode nftables: the iptables section is not read, so its setting is named.
+        assert_eq!(
+            nftables.ignored,
+            ["clientConnection.kubeconfig", "iptables.syncPeriod"]
+        );
+
+        // Without mode nftables, kube-proxy reads the iptables section.
+        let iptables = kubeadm(|t| {
+            let t = set(t, "iptables", "masqueradeAll", "true");
+            let t = set(t, "iptables", "syncPeriod", "5s");
+            set(t, "nftables", "syncPeriod", "30s")
+        })
+        .unwrap();
+        assert!(iptables.masquerade_all);
+        assert_eq!(iptables.sync_period, Some(Duration::from_secs(5)));
+        assert!(iptables
+            .ignored
+            .contains(&"nftables.syncPeriod".to_string()));
+    }
+
+    #[test]
+    fn bind_address_is_the_node_ip_and_picks_the_servers_family() {
+        let v4 = kubeadm(|t| set(t, "", "bindAddress", "192.0.2.10")).unwrap();
+        assert_eq!(v4.node_ips, ["192.0.2.10".parse::<IpAddr>().unwrap()]);
+        let v6 = kubeadm(|t| set(t, "", "bindAddress", "\"::\"")).unwrap();
+        assert!(v6.node_ips.is_empty());
+        assert_eq!(v6.healthz_bind_address.as_deref(), Some("[::]:10256"));
+        assert_eq!(v6.metrics_bind_address.as_deref(), Some("[::1]:10249"));
+    }
+
+    #[test]
+    fn settings_svc_nft_ignores_are_named() {
+        let settings = kubeadm(|t| {
+            let t = set(t, "", "oomScoreAdj", "-999");
+            let t = set(t, "conntrack", "maxPerCore", "0");
+            let t = set(t, "nftables", "masqueradeBit", "14");
+            let t = set(t, "logging", "verbosity", "4");
+            t + "\nfeatureGates: {KubeProxyNFTablesLocalhostNodePorts: true}\n"
+        })
+        .unwrap();
+        assert_eq!(
+            settings.ignored,
+            [
+                "clientConnection.kubeconfig",
+                "featureGates.KubeProxyNFTablesLocalhostNodePorts",
+                "logging.verbosity",
+                "nftables.masqueradeBit",
+                "oomScoreAdj",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_kube_proxy_config_must_say_what_it_is() {
+        let wrong_version = error(|t| t.replace("/v1alpha1", "/v1beta1"));
+        assert!(
+            wrong_version.contains("\"kubeproxy.config.k8s.io/v1beta1\""),
+            "{wrong_version}"
+        );
+        let wrong_kind = error(|t| t.replace("kind: KubeProxyConfiguration", "kind: Kubelet"));
+        assert!(wrong_kind.contains("kind \"Kubelet\""), "{wrong_kind}");
+        let no_kind = error(|t| t.replace("kind: KubeProxyConfiguration", ""));
+        assert!(no_kind.contains("kind \"\""), "{no_kind}");
+    }
+
+    #[test]
+    fn a_misspelt_kube_proxy_key_is_an_error_naming_it() {
+        assert_eq!(
+            error(|t| t.replace("clusterCIDR:", "clusterCidr:")),
+            "unknown field clusterCidr (did you mean clusterCIDR?)"
+        );
+        assert_eq!(
+            error(|t| t.replace(
+                "  masqueradeBit: null\n  minSyncPeriod",
+                "  masqBit: null\n  minSyncPeriod"
+            )),
+            "unknown field iptables.masqBit"
+        );
+        assert_eq!(
+            error(|t| set(t, "", "clusterCIDR", "10.244.0.0/33")),
+            "clusterCIDR: prefix length 33 is out of range (IPv4 allows 0–32)"
+        );
+        assert_eq!(
+            error(|t| set(
+                set(t, "", "mode", "nftables"),
+                "nftables",
+                "syncPeriod",
+                "30 seconds"
+            )),
+            "nftables.syncPeriod: \"30 seconds\": unit must be ms, s, m or h"
+        );
     }
 
     #[test]

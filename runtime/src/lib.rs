@@ -14,6 +14,7 @@ mod explain;
 pub mod health;
 pub mod input;
 pub mod kernel;
+mod kubeproxy;
 pub mod logging;
 mod manifests;
 pub mod metrics;

@@ -339,15 +339,7 @@ fn config_map_holds_the_agents_config_file() {
         .get("config.yaml")
         .expect("config.yaml in the ConfigMap");
     // The agent's own parser reads it (unknown keys, bad CIDRs or durations are errors).
-    let path = std::env::temp_dir().join(format!("svc-nft-deploy-{}.yaml", std::process::id()));
-    std::fs::write(&path, text).unwrap();
-    let argv = ["svc-nft", "run", "--config", path.to_str().unwrap()];
-    let parsed = svc_nft::cli::Cli::try_parse_from(argv).expect("run --config parses");
-    let svc_nft::cli::Command::Run(run) = parsed.command else {
-        unreachable!("run")
-    };
-    let agent = run.agent();
-    std::fs::remove_file(&path).unwrap();
+    let (agent, _) = with_config("deploy", text, &[], |run| run.agent());
     let agent = agent.unwrap_or_else(|e| panic!("config.yaml: {e}"));
     let port = |addr: Option<std::net::SocketAddr>| addr.map(|a| a.port());
     assert_eq!(port(agent.healthz), Some(HEALTHZ_PORT as u16));
@@ -365,6 +357,90 @@ fn config_map_holds_the_agents_config_file() {
     let mount = mounts.find(|m| m.name == volume.name);
     let dir = Path::new(&mount.expect("ConfigMap volume not mounted").mount_path);
     assert_eq!(config_flag(container), dir.join("config.yaml"));
+}
+
+/// What `f` makes of `svc-nft run --config FILE flags...`, FILE holding `text`, and what
+/// was logged on the way.
+fn with_config<T>(
+    tag: &str,
+    text: &str,
+    flags: &[&str],
+    f: impl FnOnce(&svc_nft::config::RunArgs) -> T,
+) -> (T, String) {
+    let path = std::env::temp_dir().join(format!("svc-nft-{tag}-{}.yaml", std::process::id()));
+    fs::write(&path, text).unwrap();
+    let argv = [
+        &["svc-nft", "run", "--config", path.to_str().unwrap()][..],
+        flags,
+    ]
+    .concat();
+    let parsed = svc_nft::cli::Cli::try_parse_from(argv).expect("run --config parses");
+    let svc_nft::cli::Command::Run(run) = parsed.command else {
+        unreachable!("run")
+    };
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, || f(&run));
+    fs::remove_file(&path).unwrap();
+    (result, logs.text())
+}
+
+/// Log lines, captured.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+/// A kubeadm cluster moving to svc-nft has kube-proxy's settings in the kube-proxy
+/// ConfigMap: its config.conf, as it is, configures the agent.
+#[test]
+fn kubeadms_kube_proxy_config_map_configures_the_agent() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testdata/kubeadm-kube-proxy.yaml");
+    let config_map: ConfigMap = serde_yaml::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    let data = config_map.data.expect("ConfigMap data");
+    let flags = ["--node-name", "n1"];
+    let (agent, logs) = with_config("kubeadm", &data["config.conf"], &flags, |run| run.agent());
+    let agent = agent.unwrap_or_else(|e| panic!("config.conf: {e}"));
+    assert_eq!(agent.node.cluster_cidrs, ["10.244.0.0/16".parse().unwrap()]);
+    assert_eq!(agent.node.node_name.as_deref(), Some("n1"));
+    assert!(!agent.node.masquerade_all);
+    // kubeadm's zero values mean kube-proxy's defaults.
+    assert_eq!(agent.healthz, Some("0.0.0.0:10256".parse().unwrap()));
+    assert_eq!(agent.metrics, Some("127.0.0.1:10249".parse().unwrap()));
+    assert_eq!(agent.min_sync_period, std::time::Duration::from_secs(1));
+    // One warning names what svc-nft does not use.
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(
+        warnings[0].contains("ignored=clientConnection.kubeconfig"),
+        "{logs}"
+    );
 }
 
 /// The path given to `--config` (as `--config PATH` or `--config=PATH`).
