@@ -501,3 +501,19 @@ fn diff_colours_follow_color_and_no_color() {
     assert!(coloured_diff(&["--color", "always"], &no_color, false));
     assert!(!coloured_diff(&["--color=never"], &[], true));
 }
+
+#[test]
+fn warnings_never_block_the_ruleset() {
+    let input = REDIS.replace(
+        "ports: [{port: 6379}]}",
+        "ports: [{port: 6379}], bogusField: 1}",
+    );
+    let out = svc_nft(&["compile", "-f", "-"], &input);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("warning: "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("10.97.97.97"));
+}
