@@ -242,6 +242,8 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Invalid> {
             )
         }
     };
+    // The API server's rules, after the model's own checks of what it reads.
+    crate::validate::service(svc)?;
     Ok(ServiceInfo {
         shape,
         has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
@@ -297,6 +299,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// An EndpointSlice of addressType IPv4 or IPv6 (`None` for FQDN, which proxies ignore).
 pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<SliceInfo>, Invalid> {
+    crate::validate::endpoint_slice(slice)?;
     let namespace = slice.metadata.namespace.clone().unwrap_or("default".into());
     let labels = slice.metadata.labels.as_ref();
     let Some(service) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
@@ -354,6 +357,7 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<SliceInfo>, Invali
 /// v1 Endpoints converted as the EndpointSlice mirroring controller does: one slice per subset
 /// and address family; `addresses` are ready, `notReadyAddresses` are not.
 pub fn endpoints(eps: &Endpoints) -> Result<Vec<SliceInfo>, Invalid> {
+    crate::validate::endpoints(eps)?;
     let namespace = eps.metadata.namespace.clone().unwrap_or("default".into());
     let name = eps.metadata.name.as_deref().unwrap_or_default();
     let service: ServiceName = (namespace.into(), name.into());
