@@ -38,17 +38,29 @@ pub fn directives(svc_nft_log: Option<String>, rust_log: Option<String>) -> (Str
     }
 }
 
+/// kube-client logs an ERROR of its own for every failed request of a retrying watch (15 in
+/// 20 s of an outage); the watchers say once that a watch broke and once that it is back
+/// (`cluster::watch`). A filter that names kube_client decides for itself.
+const QUIET_KUBE_CLIENT: &str = "kube_client::client::builder=off";
+
+fn quiet(filter: EnvFilter, directives: &str) -> EnvFilter {
+    if directives.contains("kube_client") {
+        return filter;
+    }
+    filter.add_directive(QUIET_KUBE_CLIENT.parse().expect("a valid directive"))
+}
+
 /// The filter from this process's environment, and a warning when the variable that was
 /// read does not parse (then `info` is used).
 pub fn from_env() -> (EnvFilter, Option<String>) {
     let var = |name| std::env::var(name).ok();
     let (directives, source) = directives(var("SVC_NFT_LOG"), var("RUST_LOG"));
     match EnvFilter::try_new(&directives) {
-        Ok(filter) => (filter, None),
+        Ok(filter) => (quiet(filter, &directives), None),
         Err(e) => {
             let warning =
                 format!("{source}={directives:?} is not a log filter ({e}); logging at info");
-            (EnvFilter::new("info"), Some(warning))
+            (quiet(EnvFilter::new("info"), ""), Some(warning))
         }
     }
 }
@@ -59,6 +71,17 @@ mod tests {
 
     fn some(s: &str) -> Option<String> {
         Some(s.to_string())
+    }
+
+    #[test]
+    fn kube_clients_retry_errors_are_off_unless_asked_for() {
+        let shown = |d: &str| quiet(EnvFilter::new(d), d).to_string();
+        assert!(
+            shown("debug").contains(QUIET_KUBE_CLIENT),
+            "{}",
+            shown("debug")
+        );
+        assert!(!shown("info,kube_client=debug").contains("=off"));
     }
 
     #[test]
