@@ -38,6 +38,10 @@ pub struct ServicePort {
     pub label: String,
     pub proto: L4Proto,
     pub cluster_ip: Frontend,
+    /// Whether the Service holds the cluster IP's address (it goes in `cluster-ips`), and this
+    /// port on it (its frontend is programmed): another Service can hold either.
+    pub holds_cluster_ip: bool,
+    pub serves_cluster_ip: bool,
     /// NodePorts on node IPs, and external IPs.
     pub external: Vec<Frontend>,
     /// Load-balancer IPs: external too, and subject to `allowed_sources`.
@@ -204,12 +208,10 @@ impl Elements<'_> {
 
     fn add(&mut self) {
         let (f, sp) = (self.f, self.sp);
-        self.insert(
-            &f.name("cluster-ips"),
-            vec![addr(&sp.cluster_ip.addr)],
-            None,
-            false,
-        );
+        if sp.holds_cluster_ip {
+            let key = vec![addr(&sp.cluster_ip.addr)];
+            self.insert(&f.name("cluster-ips"), key, None, false);
+        }
         let chosen = &sp.endpoints;
         if !chosen.any {
             // Not DNATed: cluster-ips-check refuses the cluster IP, no-endpoints the others.
@@ -230,7 +232,9 @@ impl Elements<'_> {
                 },
             })
         };
-        self.frontend(&sp.cluster_ip, internal);
+        if sp.serves_cluster_ip {
+            self.frontend(&sp.cluster_ip, internal);
+        }
         let external = if sp.external_local {
             Pick::ExternalLocal {
                 local: chosen.local.len(),

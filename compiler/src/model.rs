@@ -60,14 +60,18 @@ pub struct ServicePort {
 /// A validated Service. Serializable: the per-Service compiler keeps it packed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceInfo {
+    /// `metadata.creationTimestamp`, in seconds since the epoch: who came first gets a
+    /// contested frontend.
+    pub created: Option<i64>,
     pub shape: Shape,
     pub has_selector: bool,
     pub ports: Vec<ServicePort>,
     /// `spec.externalIPs`.
     pub external_ips: Vec<IpAddr>,
-    /// `status.loadBalancer.ingress[].ip`, without those whose `ipMode` is `Proxy` (the load
-    /// balancer itself delivers to the node, so the node must not claim the address).
-    pub load_balancer_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` with its index there, without those whose `ipMode`
+    /// is `Proxy` (the load balancer itself delivers to the node, so the node must not claim
+    /// the address).
+    pub load_balancer_ips: Vec<(usize, IpAddr)>,
     /// `spec.loadBalancerSourceRanges`: who may use the load-balancer IPs (empty: anyone).
     pub source_ranges: Vec<IpNet>,
     /// `externalTrafficPolicy: Local`.
@@ -195,7 +199,8 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Invalid> {
             if ing.ip_mode.as_deref() == Some("Proxy") {
                 continue;
             }
-            load_balancer_ips.push(ip(format!("status.loadBalancer.ingress[{i}].ip"), text)?);
+            let addr = ip(format!("status.loadBalancer.ingress[{i}].ip"), text)?;
+            load_balancer_ips.push((i, addr));
         }
     }
     let mut source_ranges = Vec::new();
@@ -245,6 +250,11 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Invalid> {
     // The API server's rules, after the model's own checks of what it reads.
     crate::validate::service(svc)?;
     Ok(ServiceInfo {
+        created: svc
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
         shape,
         has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
         ports,

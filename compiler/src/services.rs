@@ -1,22 +1,165 @@
 //! From one validated Service to the Service ports the layout programs: its frontends on this
 //! node (cluster IPs, NodePorts, external and load-balancer IPs), the endpoints each uses, and
-//! notes for what is left out.
+//! notes for what is left out; and the claims on those frontends, since two Services cannot
+//! share one.
 
 use crate::endpoints::{choose, Chosen};
 use crate::family::Ipf;
 use crate::layout::{Frontend, ServicePort};
-use crate::model::{Invalid, ServiceInfo, ServiceName, Shape, SliceInfo};
+use crate::model::{ServiceInfo, ServiceName, Shape, SliceInfo};
 use crate::node::NodeFacts;
 use ipnet::IpNet;
-use std::collections::HashMap;
+use std::collections::HashSet;
+use std::fmt::{self, Display, Formatter};
 use std::net::{IpAddr, SocketAddr};
 use svc_nft_ir::L4Proto;
 
-/// Addresses and ports already taken, and by whom: two Services cannot share a frontend.
-#[derive(Default)]
-pub struct Claims {
-    cluster_ips: HashMap<IpAddr, ServiceName>,
-    frontends: HashMap<(IpAddr, L4Proto, u16), ServiceName>,
+/// Something only one Service can have on a node. A Service that does not hold a claim leaves
+/// out what it covers, and only that; who holds it is decided by the per-Service compiler
+/// (`crate::incremental`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Claim {
+    /// A cluster IP as a whole: its entry in `cluster-ips` (connections to a port no Service
+    /// port takes are refused) and every port on it.
+    ClusterIp(IpAddr),
+    /// A key of `service-ports`: a port on a cluster, external or load-balancer IP, or a
+    /// NodePort on one node IP.
+    Frontend(IpAddr, L4Proto, u16),
+}
+
+impl Display for Claim {
+    fn fmt(&self, f: &mut Formatter) -> fmt::Result {
+        match self {
+            Claim::ClusterIp(ip) => write!(f, "{ip}"),
+            Claim::Frontend(ip, proto, port) => {
+                let proto = format!("{proto}").to_uppercase();
+                write!(f, "{}/{proto}", SocketAddr::new(*ip, *port))
+            }
+        }
+    }
+}
+
+/// The field of a Service that makes a claim, by index: what a message names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    ClusterIp(usize),
+    /// A port on the cluster IP.
+    Port(usize),
+    ExternalIp(usize),
+    LoadBalancer(usize),
+    NodePort(usize),
+}
+
+impl Display for Field {
+    fn fmt(&self, f: &mut Formatter) -> fmt::Result {
+        match self {
+            Field::ClusterIp(i) => write!(f, "spec.clusterIPs[{i}]"),
+            Field::Port(i) => write!(f, "spec.ports[{i}].port"),
+            Field::ExternalIp(i) => write!(f, "spec.externalIPs[{i}]"),
+            Field::LoadBalancer(i) => write!(f, "status.loadBalancer.ingress[{i}].ip"),
+            Field::NodePort(i) => write!(f, "spec.ports[{i}].nodePort"),
+        }
+    }
+}
+
+/// A claim a Service makes, the field that makes it, and the claim it only counts under (a
+/// port on a cluster IP is programmed only with the cluster IP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub claim: Claim,
+    pub field: Field,
+    pub under: Option<Claim>,
+}
+
+impl Wanted {
+    /// Whether this claim's frontend is programmed, given what the Service holds.
+    fn programmed(&self, holds: &dyn Fn(&Claim) -> bool) -> bool {
+        holds(&self.claim) && self.under.as_ref().is_none_or(holds)
+    }
+
+    /// Whether this claim is lost to another Service in a way worth a message of its own
+    /// (not when the claim it counts under is lost too: that one says it).
+    pub fn clashes(&self, holds: &dyn Fn(&Claim) -> bool) -> bool {
+        !holds(&self.claim) && self.under.as_ref().is_none_or(holds)
+    }
+}
+
+/// How a frontend reaches its Service port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Cluster,
+    /// External IPs and NodePorts.
+    External,
+    LoadBalancer,
+}
+
+/// One way into a Service port on this node, and what claims it.
+struct Way {
+    role: Role,
+    at: Frontend,
+    wanted: Wanted,
+}
+
+/// The ways into port `j` of a Service through its cluster IP `ip`: the cluster IP, then the external IPs, NodePorts and load-balancer IPs of the same family.
+fn ways(info: &ServiceInfo, node_ips: &[IpAddr], ip: IpAddr, j: usize) -> Vec<Way> {
+    let sp = &info.ports[j];
+    let (proto, port) = (sp.port.proto, sp.port.port);
+    let same = |a: &IpAddr| a.is_ipv6() == ip.is_ipv6();
+    let way = |role, addr, port, field, under| Way {
+        role,
+        at: Frontend { addr, port },
+        wanted: Wanted {
+            claim: Claim::Frontend(addr, proto, port),
+            field,
+            under,
+        },
+    };
+    let under = Some(Claim::ClusterIp(ip));
+    let mut out = vec![way(Role::Cluster, ip, port, Field::Port(j), under)];
+    let external = info.external_ips.iter().enumerate();
+    for (k, &addr) in external.filter(|(_, a)| same(a)) {
+        out.push(way(Role::External, addr, port, Field::ExternalIp(k), None));
+    }
+    if let Some(node_port) = sp.node_port {
+        for &addr in node_ips.iter().filter(|a| same(a)) {
+            out.push(way(
+                Role::External,
+                addr,
+                node_port,
+                Field::NodePort(j),
+                None,
+            ));
+        }
+    }
+    for &(k, addr) in info.load_balancer_ips.iter().filter(|(_, a)| same(a)) {
+        out.push(way(
+            Role::LoadBalancer,
+            addr,
+            port,
+            Field::LoadBalancer(k),
+            None,
+        ));
+    }
+    out
+}
+
+/// Everything a Service claims on this node, each claim once (the first field that makes it).
+pub fn wanted(info: &ServiceInfo, node: &NodeFacts) -> Vec<Wanted> {
+    let node_ips = node.nodeport_ips();
+    let mut out = Vec::new();
+    for (i, &ip) in info.cluster_ips().iter().enumerate() {
+        out.push(Wanted {
+            claim: Claim::ClusterIp(ip),
+            field: Field::ClusterIp(i),
+            under: None,
+        });
+        for j in 0..info.ports.len() {
+            out.extend(ways(info, &node_ips, ip, j).into_iter().map(|w| w.wanted));
+        }
+    }
+    let mut seen = HashSet::new();
+    out.retain(|w| seen.insert(w.claim));
+    out
 }
 
 /// What one Service compiles to.
@@ -25,107 +168,122 @@ pub struct Expanded {
     pub notes: Vec<String>,
 }
 
-/// Expand a Service, claiming its frontends; a clash rejects the whole Service (the one that
-/// comes later in namespace/name order), so that the earlier one keeps working unchanged.
+/// Expand a Service into its ports on this node, with only the frontends whose claims it
+/// `holds`.
 pub fn expand(
     name: &ServiceName,
     info: &ServiceInfo,
     slices: &[SliceInfo],
     node: &NodeFacts,
-    claims: &mut Claims,
-) -> Result<Expanded, Invalid> {
+    holds: &dyn Fn(&Claim) -> bool,
+) -> Expanded {
     let shown = format!("{}/{}", name.0, name.1);
     let ips = match &info.shape {
         Shape::ClusterIps(ips) => ips,
         Shape::Headless => {
-            return Ok(note(format!(
+            return note(format!(
                 "{shown}: headless (clusterIP: None): DNS only, no rules"
-            )))
+            ))
         }
         Shape::ExternalName(target) => {
-            return Ok(note(format!(
+            return note(format!(
                 "{shown}: ExternalName {target}: DNS only, no rules"
-            )))
+            ))
         }
         Shape::Unallocated => {
-            return Ok(note(format!(
-                "{shown}: no cluster IP allocated yet, no rules"
-            )))
+            return note(format!("{shown}: no cluster IP allocated yet, no rules"))
         }
     };
-    let mut notes = Vec::new();
-    let mut ports = Vec::new();
+    let expanding = Expanding {
+        shown,
+        info,
+        slices,
+        node,
+        node_ips: node.nodeport_ips(),
+        holds,
+    };
+    let mut expanded = Expanded {
+        ports: vec![],
+        notes: vec![],
+    };
     for ip in ips {
-        let v6 = ip.is_ipv6();
-        let same_family = |a: &&IpAddr| a.is_ipv6() == v6;
-        let external_ips: Vec<IpAddr> = info
-            .external_ips
-            .iter()
-            .filter(same_family)
-            .copied()
-            .collect();
-        let lb_ips: Vec<IpAddr> = info
-            .load_balancer_ips
-            .iter()
-            .filter(same_family)
-            .copied()
-            .collect();
-        let node_ips: Vec<IpAddr> = node
-            .nodeport_ips()
-            .into_iter()
-            .filter(|a| a.is_ipv6() == v6)
-            .collect();
-        for sp in &info.ports {
-            let port = &sp.port;
-            let label = match port.name.as_str() {
-                "" => shown.clone(),
-                port_name => format!("{shown}:{port_name}"),
-            };
-            let at = |addrs: &[IpAddr], port: u16| -> Vec<Frontend> {
-                addrs.iter().map(|&addr| Frontend { addr, port }).collect()
-            };
-            let mut external = at(&external_ips, port.port);
-            if let Some(node_port) = sp.node_port {
-                if node_ips.is_empty() {
-                    notes.push(format!(
-                        "{label}: NodePort {node_port} not programmed: no node IP (--node-ip)"
-                    ));
-                }
-                external.extend(at(&node_ips, node_port));
-            }
-            if info.affinity_timeout.is_some() && !Ipf::of(ip).nft_can_record_affinity() {
-                notes.push(format!(
-                    "{label} ({ip}): sessionAffinity is recorded by a rule svc-nft apply/run add over netlink (nft 1.0.6 cannot compile it)"
-                ));
-            }
-            let endpoints = choose(slices, v6, port, node);
-            notes.extend(endpoint_notes(
-                &label,
-                ip,
-                port.port,
-                info,
-                &endpoints,
-                !external.is_empty() || !lb_ips.is_empty(),
-            ));
-            ports.push(ServicePort {
-                label,
-                proto: port.proto,
-                cluster_ip: Frontend {
-                    addr: *ip,
-                    port: port.port,
-                },
-                external,
-                load_balancers: at(&lb_ips, port.port),
-                allowed_sources: allowed_sources(info, &lb_ips, node),
-                endpoints,
-                internal_local: info.internal_local,
-                external_local: info.external_local,
-                affinity_timeout: info.affinity_timeout,
-            });
+        for j in 0..info.ports.len() {
+            let port = expanding.port(*ip, j, &mut expanded.notes);
+            expanded.ports.extend(port);
         }
     }
-    claim(name, ips, &ports, claims)?;
-    Ok(Expanded { ports, notes })
+    expanded
+}
+
+/// One Service being expanded.
+struct Expanding<'a> {
+    /// `namespace/name`.
+    shown: String,
+    info: &'a ServiceInfo,
+    slices: &'a [SliceInfo],
+    node: &'a NodeFacts,
+    node_ips: Vec<IpAddr>,
+    holds: &'a dyn Fn(&Claim) -> bool,
+}
+
+impl Expanding<'_> {
+    /// Port `j` on cluster IP `ip`, unless the Service holds none of its frontends.
+    fn port(&self, ip: IpAddr, j: usize, notes: &mut Vec<String>) -> Option<ServicePort> {
+        let (info, sp) = (self.info, &self.info.ports[j]);
+        let port = &sp.port;
+        let label = match port.name.as_str() {
+            "" => self.shown.clone(),
+            port_name => format!("{}:{port_name}", self.shown),
+        };
+        let ways = ways(info, &self.node_ips, ip, j);
+        let held = |role: Role| -> Vec<Frontend> {
+            let mine = ways.iter().filter(|w| w.role == role);
+            let mine = mine.filter(|w| w.wanted.programmed(self.holds));
+            mine.map(|w| w.at).collect()
+        };
+        let (external, load_balancers) = (held(Role::External), held(Role::LoadBalancer));
+        let holds_cluster_ip = (self.holds)(&Claim::ClusterIp(ip));
+        if !holds_cluster_ip && external.is_empty() && load_balancers.is_empty() {
+            return None;
+        }
+        let v6 = ip.is_ipv6();
+        if let Some(node_port) = sp.node_port {
+            if !self.node_ips.iter().any(|a| a.is_ipv6() == v6) {
+                notes.push(format!(
+                    "{label}: NodePort {node_port} not programmed: no node IP (--node-ip)"
+                ));
+            }
+        }
+        if info.affinity_timeout.is_some() && !Ipf::of(&ip).nft_can_record_affinity() {
+            notes.push(format!(
+                "{label} ({ip}): sessionAffinity is recorded by a rule svc-nft apply/run add over netlink (nft 1.0.6 cannot compile it)"
+            ));
+        }
+        let endpoints = choose(self.slices, v6, port, self.node);
+        let outside = !external.is_empty() || !load_balancers.is_empty();
+        notes.extend(endpoint_notes(
+            &label, &ip, port.port, info, &endpoints, outside,
+        ));
+        let lb_ips = info.load_balancer_ips.iter().map(|&(_, a)| a);
+        let lb_ips: Vec<IpAddr> = lb_ips.filter(|a| a.is_ipv6() == v6).collect();
+        Some(ServicePort {
+            label,
+            proto: port.proto,
+            cluster_ip: Frontend {
+                addr: ip,
+                port: port.port,
+            },
+            holds_cluster_ip,
+            serves_cluster_ip: !held(Role::Cluster).is_empty(),
+            external,
+            load_balancers,
+            allowed_sources: allowed_sources(info, &lb_ips, self.node),
+            endpoints,
+            internal_local: info.internal_local,
+            external_local: info.external_local,
+            affinity_timeout: info.affinity_timeout,
+        })
+    }
 }
 
 fn note(text: String) -> Expanded {
@@ -182,61 +340,4 @@ fn allowed_sources(info: &ServiceInfo, lb_ips: &[IpAddr], node: &NodeFacts) -> V
         ranges.extend(lb_ips.iter().map(|ip| IpNet::from(*ip)));
     }
     ranges
-}
-
-impl Claims {
-    /// Give back what a Service claimed: its cluster IPs and its ports' frontends.
-    pub fn release(&mut self, ips: &[IpAddr], ports: &[ServicePort]) {
-        for ip in ips {
-            self.cluster_ips.remove(ip);
-        }
-        for key in frontend_keys(ports) {
-            self.frontends.remove(&key);
-        }
-    }
-}
-
-/// Every `address, protocol, port` at which `ports` are reached.
-fn frontend_keys(ports: &[ServicePort]) -> impl Iterator<Item = (IpAddr, L4Proto, u16)> + '_ {
-    ports.iter().flat_map(|sp| {
-        let all = std::iter::once(&sp.cluster_ip)
-            .chain(&sp.external)
-            .chain(&sp.load_balancers);
-        all.map(|f| (f.addr, sp.proto, f.port))
-    })
-}
-
-fn claim(
-    name: &ServiceName,
-    ips: &[IpAddr],
-    ports: &[ServicePort],
-    claims: &mut Claims,
-) -> Result<(), Invalid> {
-    if let Some((ip, owner)) = ips
-        .iter()
-        .find_map(|ip| claims.cluster_ips.get(ip).map(|o| (ip, o)))
-    {
-        return Err(Invalid {
-            field: "spec.clusterIPs".into(),
-            message: format!("{ip} is already the cluster IP of {}/{}", owner.0, owner.1),
-        });
-    }
-    let wanted: Vec<_> = frontend_keys(ports).collect();
-    if let Some((key, owner)) = wanted
-        .iter()
-        .find_map(|k| claims.frontends.get(k).map(|o| (k, o)))
-    {
-        let at = SocketAddr::new(key.0, key.2);
-        return Err(Invalid {
-            field: "spec".into(),
-            message: format!("{at}/{} is already used by {}/{}", key.1, owner.0, owner.1),
-        });
-    }
-    claims
-        .cluster_ips
-        .extend(ips.iter().map(|ip| (*ip, name.clone())));
-    claims
-        .frontends
-        .extend(wanted.into_iter().map(|k| (k, name.clone())));
-    Ok(())
 }

@@ -67,22 +67,29 @@ fn one_endpoint_moving_costs_the_same_at_any_size() {
 }
 
 mod per_service {
-    //! [`Incremental`] through random sequences of object changes: after every flush its
-    //! table is the one `compile` gives for the same objects, and its transaction moves the
-    //! previous table there (applied to the in-memory fake kernel).
+    //! [`Incremental`] through random sequences of object changes: its transaction moves the
+    //! previous table to the new one (applied to the in-memory fake kernel), and its table is
+    //! the one a rebuild gives. Who holds a contested frontend depends on history (a holder
+    //! keeps it); when Services arrive in creation order, as the API server creates them, the
+    //! table after every flush is the one `compile` gives for the same objects.
 
     use proptest::prelude::*;
     use std::collections::BTreeMap;
     use svc_nft_compiler::{compile, parse, Incremental, NodeFacts, Object};
 
     /// A Service `s<i>` and its EndpointSlice, drawn from small pools so that Services clash
-    /// on cluster IPs and share endpoints.
+    /// on cluster IPs, external IPs and NodePorts, and share endpoints.
     #[derive(Clone, Debug)]
     struct Spec {
         cluster_ip: u8,
         port: u16,
         udp: bool,
-        node_port: bool,
+        /// The NodePort, 30000 + this.
+        node_port: Option<u16>,
+        /// The external IP, 192.0.2.<this>.
+        external_ip: Option<u8>,
+        /// `metadata.creationTimestamp`, in seconds after a fixed instant.
+        created: Option<u32>,
         local: bool,
         affinity: bool,
         /// (last byte of the endpoint address, on this node, ready)
@@ -93,18 +100,31 @@ mod per_service {
 
     fn spec() -> impl Strategy<Value = Spec> {
         let endpoint = (1..5u8, any::<bool>(), prop::bool::weighted(0.8));
+        let frontends = (
+            prop::option::weighted(0.5, 0..2u16),
+            prop::option::weighted(0.4, 1..3u8),
+            prop::option::weighted(0.8, 0..4u32),
+        );
         (
             (1..4u8, prop::sample::select(vec![80u16, 81]), any::<bool>()),
-            (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+            frontends,
+            (any::<bool>(), any::<bool>(), any::<bool>()),
             prop::collection::vec(endpoint, 0..4),
         )
             .prop_map(
-                |((cluster_ip, port, udp), (node_port, local, affinity, mirrored), endpoints)| {
+                |(
+                    (cluster_ip, port, udp),
+                    (node_port, external_ip, created),
+                    (local, affinity, mirrored),
+                    endpoints,
+                )| {
                     Spec {
                         cluster_ip,
                         port,
                         udp,
                         node_port,
+                        external_ip,
+                        created,
                         local,
                         affinity,
                         endpoints,
@@ -116,13 +136,28 @@ mod per_service {
 
     fn yaml(i: usize, s: &Spec) -> String {
         let proto = if s.udp { "UDP" } else { "TCP" };
-        let kind = if s.node_port { "NodePort" } else { "ClusterIP" };
-        let node_port = if s.node_port {
-            format!(", nodePort: {}", 30000 + i)
+        let kind = if s.node_port.is_some() {
+            "NodePort"
         } else {
-            String::new()
+            "ClusterIP"
         };
-        let etp = if s.node_port && s.local {
+        let node_port = match s.node_port {
+            Some(n) => format!(", nodePort: {}", 30000 + n),
+            None => String::new(),
+        };
+        let external = match s.external_ip {
+            Some(ip) => format!("externalIPs: [192.0.2.{ip}], "),
+            None => String::new(),
+        };
+        let created = match s.created {
+            Some(t) => format!(
+                ", creationTimestamp: '2024-05-01T00:{:02}:{:02}Z'",
+                t / 60,
+                t % 60
+            ),
+            None => String::new(),
+        };
+        let etp = if s.node_port.is_some() && s.local {
             "externalTrafficPolicy: Local, "
         } else {
             ""
@@ -138,8 +173,8 @@ mod per_service {
             "selector: {app: x}, "
         };
         let service = format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\n\
-             spec: {{type: {kind}, {etp}{affinity}{selector}clusterIP: 10.96.0.{}, \
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default{created}}}\n\
+             spec: {{type: {kind}, {etp}{affinity}{selector}{external}clusterIP: 10.96.0.{}, \
              ports: [{{port: {}, protocol: {proto}{node_port}}}]}}\n",
             s.cluster_ip, s.port
         );
@@ -201,8 +236,43 @@ mod per_service {
         }
     }
 
+    /// Remove `s<i>` as `old` defined it.
+    fn remove(state: &mut Incremental, i: usize, old: &Spec) {
+        let (kind, name) = endpoints_object(i, old);
+        state.remove(kind, "default", &name);
+        state.remove("Service", "default", &format!("s{i}"));
+    }
+
+    fn endpoints_object(i: usize, s: &Spec) -> (&'static str, String) {
+        match s.mirrored {
+            true => ("Endpoints", format!("s{i}")),
+            false => ("EndpointSlice", format!("s{i}-x")),
+        }
+    }
+
+    /// Flush, check the transaction against the table, and return the table.
+    fn flushed(
+        state: &mut Incremental,
+        kernel: &mut svc_nft_ir::Table,
+    ) -> Result<(), TestCaseError> {
+        let delta = state.flush();
+        let table = state.table();
+        match &delta.transaction {
+            Some(tx) => kernel
+                .apply(tx)
+                .map_err(|e| TestCaseError::fail(format!("{e}\n{tx}")))?,
+            None => *kernel = table.clone(),
+        }
+        kernel.notes = table.notes.clone();
+        prop_assert_eq!(&*kernel, &table);
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
+        /// As the API server does it: a changed Service is deleted and created again, and
+        /// each batch of creations is stamped later than the one before. Then every flush
+        /// gives what `compile` gives.
         #[test]
         fn flushes_match_a_full_compile(
             steps in prop::collection::vec((0..5usize, prop::option::weighted(0.8, spec())), 1..30),
@@ -212,33 +282,67 @@ mod per_service {
             let mut state = Incremental::new(&node);
             let mut kernel = state.table();
             let mut current: BTreeMap<usize, Spec> = BTreeMap::new();
-            for chunk in steps.chunks(batch) {
+            for (second, chunk) in steps.chunks(batch).enumerate() {
                 for (i, spec) in chunk {
                     if let Some(old) = current.remove(i) {
-                        let kind = if old.mirrored { "Endpoints" } else { "EndpointSlice" };
-                        let name = if old.mirrored { format!("s{i}") } else { format!("s{i}-x") };
-                        state.remove(kind, "default", &name);
-                        state.remove("Service", "default", &format!("s{i}"));
+                        remove(&mut state, *i, &old);
                     }
                     if let Some(spec) = spec {
-                        for obj in objects(&yaml(*i, spec)) {
+                        let spec = Spec { created: Some(second as u32), ..spec.clone() };
+                        for obj in objects(&yaml(*i, &spec)) {
                             state.upsert(&obj).unwrap();
                         }
-                        current.insert(*i, spec.clone());
+                        current.insert(*i, spec);
                     }
                 }
-                let delta = state.flush();
+                flushed(&mut state, &mut kernel)?;
                 let all: String = current.iter().map(|(i, s)| yaml(*i, s) + "---\n").collect();
                 let expected = compile(&objects(&all), &node).table;
                 prop_assert_eq!(&state.table(), &expected);
-                match &delta.transaction {
-                    Some(tx) => kernel
-                        .apply(tx)
-                        .map_err(|e| TestCaseError::fail(format!("{e}\n{tx}")))?,
-                    None => kernel = state.table(),
+            }
+        }
+
+        /// Any history (changes in place, timestamps in any order or none): the per-Service
+        /// flushes give the table a rebuild at every flush gives, so holders are kept alike.
+        #[test]
+        fn flushes_match_rebuilds(
+            steps in prop::collection::vec((0..5usize, prop::option::weighted(0.8, spec())), 1..30),
+            batch in 1..4usize,
+        ) {
+            let node = node();
+            let elsewhere = NodeFacts { node_name: Some("node-b".into()), ..node.clone() };
+            let (mut state, mut rebuilt) = (Incremental::new(&node), Incremental::new(&node));
+            let mut kernel = state.table();
+            let mut current: BTreeMap<usize, Spec> = BTreeMap::new();
+            for chunk in steps.chunks(batch) {
+                for (i, spec) in chunk {
+                    let old = current.remove(i);
+                    for s in [&mut state, &mut rebuilt] {
+                        match (&old, spec) {
+                            (Some(old), None) => remove(s, *i, old),
+                            (old, Some(spec)) => {
+                                if let Some(old) = old.as_ref().filter(|o| o.mirrored != spec.mirrored) {
+                                    let (kind, name) = endpoints_object(*i, old);
+                                    s.remove(kind, "default", &name);
+                                }
+                                for obj in objects(&yaml(*i, spec)) {
+                                    s.upsert(&obj).unwrap();
+                                }
+                            }
+                            (None, None) => {}
+                        }
+                    }
+                    if let Some(spec) = spec {
+                        current.insert(*i, spec.clone());
+                    }
                 }
-                kernel.notes = expected.notes.clone();
-                prop_assert_eq!(&kernel, &expected);
+                flushed(&mut state, &mut kernel)?;
+                // Facts that differ and back: the next flush rebuilds everything.
+                rebuilt.set_node(&elsewhere);
+                rebuilt.set_node(&node);
+                let delta = rebuilt.flush();
+                prop_assert!(delta.transaction.is_none());
+                prop_assert_eq!(state.table(), rebuilt.table());
             }
         }
     }

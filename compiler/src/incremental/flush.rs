@@ -1,13 +1,14 @@
 //! Flushing: recompile the touched Services and turn the difference into a transaction; build
 //! the whole table when asked.
 
+use super::clashes::Before;
 use super::{Delta, Incremental, Inputs};
 use crate::chains::{self, Pick};
-use crate::diagnostic::{Diagnostic, ObjectId};
+use crate::diagnostic::Diagnostic;
 use crate::family::{Ipf, FAMILIES};
-use crate::layout::{self, endpoints_map, Contribution, ServicePort};
-use crate::model::{Invalid, ServiceName};
-use crate::services::{self, Claims, Expanded};
+use crate::layout::{self, endpoints_map, Contribution};
+use crate::model::ServiceName;
+use crate::services::{self, Claim, Expanded};
 use crate::UdpTargets;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -18,7 +19,7 @@ pub(super) type PickKey = (Ipf, L4Proto, Pick);
 pub(super) type RecorderKey = (Ipf, L4Proto, u32);
 
 /// The elements and chains a flush removed and added.
-struct Change {
+pub(super) struct Change {
     gone: Table,
     arrived: Table,
 }
@@ -31,7 +32,8 @@ enum Sign {
 }
 
 impl Incremental {
-    /// Recompile the Services whose objects changed since the last flush.
+    /// Recompile the Services whose objects changed since the last flush, and those that
+    /// gained or lost a frontend through them.
     pub fn flush(&mut self) -> Delta {
         // Forget the names of deleted objects, now and then (amortised over the flushes).
         let live = 2 * (self.services + self.owners.len()) + 1024;
@@ -44,36 +46,25 @@ impl Incremental {
             return self.rebuilt();
         }
         let touched = std::mem::take(&mut self.touched);
+        let mut moved = self.move_claims(&touched);
+        // Services whose inputs did not change but whose frontends did.
+        let promoted: Vec<(ServiceName, Option<Inputs>)> = moved
+            .keys()
+            .filter(|name| !touched.contains_key(*name))
+            .map(|name| (name.clone(), self.inputs(name)))
+            .collect();
         let mut change = Change {
             gone: self.declarations(),
             arrived: self.declarations(),
         };
         let (picks_before, recorders_before) = (self.picks.clone(), self.recorders.clone());
-        let (mut released, mut notes_changed) = (false, false);
-        for (name, old) in &touched {
-            if let Some(old) = old.as_ref().filter(|_| !self.clashed.contains(name)) {
-                let ports = self.ports_alone(name, old);
-                self.claims.release(old.info.cluster_ips(), &ports);
-                self.count(&Contribution::of(&ports), Sign::Remove, Some(&mut change));
-                released = true;
-            }
-            self.clashed.remove(name);
-            self.health.remove(name);
-            notes_changed |= self.notes.remove(name).is_some();
-            let Some(new) = self.inputs(name) else {
-                continue;
-            };
-            match self.expand(name, &new) {
-                Ok(expanded) => {
-                    notes_changed |= !expanded.notes.is_empty();
-                    self.accept(name, &new, expanded, Some(&mut change));
-                }
-                Err(_) => return self.rebuilt(),
-            }
-        }
-        if released && !self.clashed.is_empty() {
-            // A frontend freed may let a Service that lost a clash in.
-            return self.rebuilt();
+        let (mut notes_changed, mut diagnostics) = (false, Vec::new());
+        let recompiled = touched.len() + promoted.len();
+        for (name, old) in touched.into_iter().chain(promoted) {
+            let moved = moved.remove(&name).unwrap_or_default();
+            let before = Before { inputs: old, moved };
+            notes_changed |= self.recompile(&name, &before, &mut change);
+            diagnostics.extend(self.new_clashes(&name, &before));
         }
         self.chain_changes(&picks_before, &recorders_before, &mut change);
         if notes_changed {
@@ -82,20 +73,35 @@ impl Incremental {
         Delta {
             udp: self.stale_udp(&change),
             transaction: Some(diff(&change.gone, &change.arrived)),
-            recompiled: touched.len(),
-            diagnostics: vec![],
+            recompiled,
+            diagnostics,
         }
+    }
+
+    /// Take out what a Service added at the last flush and put in what it adds now; whether
+    /// its notes changed.
+    fn recompile(&mut self, name: &ServiceName, before: &Before, change: &mut Change) -> bool {
+        if let Some(old) = &before.inputs {
+            let held = |c: &Claim| before.moved.held_before(c, self.claims.holds(c, name));
+            let ports = services::expand(name, &old.info, &old.slices, &self.node, &held).ports;
+            self.count(&Contribution::of(&ports), Sign::Remove, Some(change));
+        }
+        self.health.remove(name);
+        let mut notes_changed = self.notes.remove(name).is_some();
+        if let Some(new) = self.inputs(name) {
+            let expanded = self.expand(name, &new);
+            notes_changed |= !expanded.notes.is_empty();
+            self.accept(name, &new, expanded, Some(change));
+        }
+        notes_changed
     }
 
     /// The whole table as of the last flush (what a full replace loads).
     pub fn table(&self) -> Table {
-        let contributions = self
-            .names()
-            .filter(|n| !self.clashed.contains(*n))
-            .map(|name| {
-                let inputs = self.inputs(name).expect("known");
-                Contribution::of(&self.ports_alone(name, &inputs))
-            });
+        let contributions = self.names().map(|name| {
+            let inputs = self.inputs(name).expect("known");
+            Contribution::of(&self.expand(name, &inputs).ports)
+        });
         self.filled(contributions.flat_map(|c| c.elements))
     }
 
@@ -117,8 +123,9 @@ impl Incremental {
         table
     }
 
-    /// Compile everything again from the inputs, in name order (earlier names win clashes);
-    /// returns the Services left out by clashes.
+    /// Compile everything again from the inputs. Frontends stay with their holders; those
+    /// nobody holds go out in rank order (see [`super::claims`]). Returns the clashes that
+    /// began with it, as warnings.
     pub(crate) fn rebuild(&mut self) -> Vec<Diagnostic> {
         self.rebuild_collecting(None)
     }
@@ -128,12 +135,11 @@ impl Incremental {
         &mut self,
         mut elements: Option<&mut Vec<(String, Key, Element)>>,
     ) -> Vec<Diagnostic> {
+        let recreated = self.recreated();
         self.touched.clear();
         self.built = true;
         self.node_changed = false;
         self.shape = layout::skeleton(&self.node);
-        self.clashed.clear();
-        self.claims = Claims::default();
         self.notes.clear();
         self.picks.clear();
         self.recorders.clear();
@@ -141,26 +147,17 @@ impl Incremental {
         self.udp_endpoints.clear();
         self.elements = 0;
         self.health.clear();
-        let names: Vec<ServiceName> = self.names().cloned().collect();
+        let old = std::mem::take(&mut self.claims);
         let mut diagnostics = Vec::new();
-        for name in &names {
+        // In rank order, each Service's claims are settled once it has made them.
+        for rank in self.claim_order(&old, &recreated) {
+            let name = &rank.1;
             let inputs = self.inputs(name).expect("known");
-            match self.expand(name, &inputs) {
-                Ok(expanded) => {
-                    let added = self.accept(name, &inputs, expanded, None);
-                    if let Some(all) = elements.as_deref_mut() {
-                        all.extend(added.elements);
-                    }
-                }
-                Err(e) => {
-                    let origin = self.known(name).expect("named").origin.clone();
-                    let id = ObjectId {
-                        kind: "Service".into(),
-                        namespace: name.0.to_string(),
-                        name: name.1.to_string(),
-                    };
-                    diagnostics.push(Diagnostic::new(origin, Some(id), Some(e.field), e.message));
-                }
+            diagnostics.extend(self.claim_again(&rank, &inputs.info, &old));
+            let expanded = self.expand(name, &inputs);
+            let added = self.accept(name, &inputs, expanded, None);
+            if let Some(all) = elements.as_deref_mut() {
+                all.extend(added.elements);
             }
         }
         for &(f, proto, pick) in self.picks.keys() {
@@ -186,26 +183,13 @@ impl Incremental {
         }
     }
 
-    /// Expand a Service, claiming its frontends; a clash marks it left out.
-    fn expand(&mut self, name: &ServiceName, inputs: &Inputs) -> Result<Expanded, Invalid> {
-        let claims = &mut self.claims;
-        let expanded = services::expand(name, &inputs.info, &inputs.slices, &self.node, claims);
-        if expanded.is_err() {
-            self.clashed.insert(name.clone());
-        }
-        expanded
+    /// Expand a Service with the frontends it holds.
+    fn expand(&self, name: &ServiceName, inputs: &Inputs) -> Expanded {
+        let held = |c: &Claim| self.claims.holds(c, name);
+        services::expand(name, &inputs.info, &inputs.slices, &self.node, &held)
     }
 
-    /// The ports a Service compiles to, without claiming anything: what it added to the
-    /// table when it was accepted.
-    fn ports_alone(&self, name: &ServiceName, inputs: &Inputs) -> Vec<ServicePort> {
-        let mut scratch = Claims::default();
-        services::expand(name, &inputs.info, &inputs.slices, &self.node, &mut scratch)
-            .map(|e| e.ports)
-            .unwrap_or_default()
-    }
-
-    /// Put an accepted Service in: its elements, notes and health check. Returns what it adds.
+    /// Put a Service in: its elements, notes and health check. Returns what it adds.
     fn accept(
         &mut self,
         name: &ServiceName,

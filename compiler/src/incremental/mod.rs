@@ -9,11 +9,13 @@
 //! size of the change, not of the cluster; the whole table is built only when asked for (a
 //! full replace).
 //!
-//! A frontend clash (two Services claiming one address and port) is resolved by name order,
-//! as [`crate::compile`] does; since that can move a Service in or out of the table, a clash —
-//! or a release while a Service waits out a clash — rebuilds everything and asks for a full
-//! replace instead.
+//! A frontend clash (two Services claiming one cluster IP, or one address and port) costs only
+//! the contested frontend: each claim has one holder and a queue of waiting Services (see
+//! [`claims`] for who gets it). A Service that loses or gains a frontend is recompiled like
+//! any other, so a clash or a release costs the two Services involved, not a rebuild.
 
+mod claims;
+mod clashes;
 mod flush;
 
 use crate::diagnostic::{Diagnostic, ObjectId, Origin};
@@ -21,12 +23,12 @@ use crate::layout;
 use crate::manifest::{Object, Resource};
 use crate::model::{self, Invalid, ServiceInfo, ServiceName, SliceInfo};
 use crate::node::NodeFacts;
-use crate::services::Claims;
 use crate::{object_id, UdpTargets, SKIP_MIRROR_LABEL};
+use claims::Claims;
 use flush::{PickKey, RecorderKey};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -139,8 +141,7 @@ pub struct Incremental {
     touched: BTreeMap<ServiceName, Option<Inputs>>,
     /// Whether a flush has built the table yet.
     built: bool,
-    /// Services left out because an earlier one holds their frontend.
-    clashed: BTreeSet<ServiceName>,
+    /// Who holds each frontend, and who waits for it; kept through rebuilds.
     claims: Claims,
     notes: BTreeMap<ServiceName, Vec<String>>,
     /// The table without the Services' elements: every set declared, and the chains.
@@ -175,14 +176,15 @@ pub struct HealthCheck {
 #[derive(Debug)]
 pub struct Delta {
     /// Moves a kernel holding the previous table to the new one; `None`: replace the table
-    /// whole (after the first flush, a clash or a change of node facts).
+    /// whole (after the first flush, a change of node facts, or most Services changing).
     pub transaction: Option<Transaction>,
     /// Services recompiled.
     pub recompiled: usize,
     /// UDP endpoints no longer used, and UDP frontends that now DNAT: what stale conntrack
     /// entries to delete.
     pub udp: UdpTargets,
-    /// Services left out by this flush (frontend clashes).
+    /// Warnings about the clashes that began with this flush: a frontend a Service claims
+    /// is held by another, and not programmed for it.
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -196,7 +198,6 @@ impl Incremental {
             owners: HashMap::new(),
             touched: BTreeMap::new(),
             built: false,
-            clashed: BTreeSet::new(),
             claims: Claims::default(),
             notes: BTreeMap::new(),
             shape: layout::skeleton(node),
