@@ -24,7 +24,7 @@ pub use layout::{udp_targets, UdpTargets};
 pub use manifest::{parse, Object, Resource};
 pub use node::{NodeFacts, DEFAULT_TABLE};
 
-use model::{Invalid, ServiceInfo, ServiceName};
+use model::{Invalid, ServiceInfo, ServiceName, SliceInfo};
 use std::collections::BTreeMap;
 use svc_nft_ir::Table;
 
@@ -41,109 +41,169 @@ pub(crate) const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mir
 /// Compile objects for a node.
 pub fn compile(objects: &[Object], node: &NodeFacts) -> Compiled {
     let mut diagnostics = Vec::new();
-    let mut reject = |obj: &Object, e: Invalid| {
-        diagnostics.push(Diagnostic::new(
-            obj.origin.clone(),
-            Some(object_id(obj)),
-            Some(e.field),
-            e.message,
-        ))
-    };
-
-    let mut services: BTreeMap<ServiceName, (ServiceInfo, &Object)> = BTreeMap::new();
-    for obj in objects {
-        let Resource::Service(svc) = &obj.resource else {
-            continue;
-        };
-        let id = object_id(obj);
-        let key: ServiceName = (id.namespace.into(), id.name.into());
-        match model::service(svc) {
-            Ok(_) if services.contains_key(&key) => {
-                let first = &services[&key].1.origin;
-                let msg = format!("defined again (first at {first}); this copy is ignored");
-                reject(
-                    obj,
-                    Invalid {
-                        field: "metadata.name".into(),
-                        message: msg,
-                    },
-                );
-            }
-            Ok(info) => {
-                services.insert(key, (info, obj));
-            }
-            Err(e) => reject(obj, e),
-        }
-    }
-
+    let services = Services::of(objects, &mut diagnostics);
     let mut state = Incremental::new(node);
+    let mut unowned = 0;
     for obj in objects {
-        let found = match &obj.resource {
-            Resource::Service(_) => continue,
-            Resource::EndpointSlice(slice) => model::endpoint_slice(slice).map(Vec::from_iter),
-            Resource::Endpoints(eps) => {
-                if !mirrored(eps, &services, &object_id(obj)) {
-                    continue;
-                }
-                model::endpoints(eps)
-            }
-        };
-        let found = found.and_then(|found| {
-            match found.iter().find(|s| !services.contains_key(&s.service)) {
-                Some(orphan) => Err(missing_service(obj, &orphan.service)),
-                None => Ok(found),
-            }
-        });
-        match found {
-            Ok(slices) => state.add_endpoints(obj, slices),
-            Err(e) => reject(obj, e),
+        match services.endpoints(obj) {
+            Found::Slices(slices) => state.add_endpoints(obj, slices),
+            Found::Ignored => {}
+            Found::Unowned => unowned += 1,
+            Found::Reported(d) => diagnostics.push(d),
         }
     }
-    for (info, obj) in services.into_values() {
+    for (info, obj) in services.valid.into_values() {
         let _ = state.set_service(info, obj.origin.clone(), object_id(obj));
     }
     let (table, clashes) = state.compile_table();
     diagnostics.extend(clashes);
+    if unowned > 0 {
+        diagnostics.push(unowned_note(unowned));
+    }
     Compiled { table, diagnostics }
 }
 
-/// Whether v1 Endpoints are mirrored into a slice: only for Services without a selector (the
-/// EndpointSlice controller owns the others) and without the skip-mirror label.
-fn mirrored(
-    eps: &k8s_openapi::api::core::v1::Endpoints,
-    services: &BTreeMap<ServiceName, (ServiceInfo, &Object)>,
-    id: &ObjectId,
-) -> bool {
-    let labels = eps.metadata.labels.as_ref();
-    if labels
-        .and_then(|l| l.get(SKIP_MIRROR_LABEL))
-        .map(String::as_str)
-        == Some("true")
-    {
-        return false;
-    }
-    let key: ServiceName = (id.namespace.as_str().into(), id.name.as_str().into());
-    let selected = services
-        .get(&key)
-        .is_some_and(|(info, _)| info.has_selector);
-    if selected {
-        tracing::debug!("{id}: ignored, its Service has a selector");
-    }
-    !selected
+/// The Services of a compile.
+struct Services<'a> {
+    valid: BTreeMap<ServiceName, (ServiceInfo, &'a Object)>,
+    /// The names no valid copy answers to: where the rejected copy is, and whether it has a
+    /// selector (its v1 Endpoints are not mirrored then, and not its endpoints).
+    rejected: BTreeMap<ServiceName, (&'a Origin, bool)>,
 }
 
-fn missing_service(obj: &Object, service: &ServiceName) -> Invalid {
+/// What a compile does with one endpoints object.
+enum Found {
+    Slices(Vec<SliceInfo>),
+    Ignored,
+    /// Its Service is not in the input.
+    Unowned,
+    Reported(Diagnostic),
+}
+
+impl<'a> Services<'a> {
+    /// Validate the Services; the rejected ones and second copies go to `diagnostics`.
+    fn of(objects: &'a [Object], diagnostics: &mut Vec<Diagnostic>) -> Services<'a> {
+        let mut out = Services {
+            valid: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+        };
+        for obj in objects {
+            let Resource::Service(svc) = &obj.resource else {
+                continue;
+            };
+            let id = object_id(obj);
+            let key: ServiceName = (id.namespace.into(), id.name.into());
+            match model::service(svc) {
+                Ok(_) if out.valid.contains_key(&key) => {
+                    let first = &out.valid[&key].1.origin;
+                    let message = format!("defined again (first at {first}); this copy is ignored");
+                    let field = "metadata.name".into();
+                    diagnostics.push(rejection(obj, Invalid { field, message }));
+                }
+                Ok(info) => {
+                    out.valid.insert(key, (info, obj));
+                }
+                Err(e) => {
+                    diagnostics.push(rejection(obj, e));
+                    let spec = svc.spec.as_ref();
+                    let selector = spec.and_then(|s| s.selector.as_ref());
+                    let selected = selector.is_some_and(|s| !s.is_empty());
+                    out.rejected.entry(key).or_insert((&obj.origin, selected));
+                }
+            }
+        }
+        let valid = &out.valid;
+        out.rejected.retain(|name, _| !valid.contains_key(name));
+        out
+    }
+
+    /// The endpoints an object gives its Service. Those of a Service that is not in the input
+    /// are ignored, as kube-proxy ignores them (leader-election Endpoints, a dump of one
+    /// namespace); a compile counts them.
+    fn endpoints(&self, obj: &Object) -> Found {
+        let id = object_id(obj);
+        let (service, mirror) = match &obj.resource {
+            Resource::Service(_) => return Found::Ignored,
+            Resource::EndpointSlice(slice) => match model::slice_service(slice) {
+                Some(service) => (service, false),
+                None => return Found::Ignored,
+            },
+            Resource::Endpoints(eps) => {
+                let labels = eps.metadata.labels.as_ref();
+                let skip = labels.and_then(|l| l.get(SKIP_MIRROR_LABEL));
+                if skip.map(String::as_str) == Some("true") {
+                    return Found::Ignored;
+                }
+                (id.name.as_str(), true)
+            }
+        };
+        let key: ServiceName = (id.namespace.as_str().into(), service.into());
+        let selected = if let Some((info, _)) = self.valid.get(&key) {
+            info.has_selector
+        } else if let Some(&(origin, selected)) = self.rejected.get(&key) {
+            if mirror && selected {
+                return Found::Ignored;
+            }
+            return Found::Reported(rejected_service(obj, &key, origin));
+        } else {
+            tracing::debug!(
+                "{id}: ignored: its Service {}/{service} is not in the input",
+                id.namespace
+            );
+            return Found::Unowned;
+        };
+        let found = match &obj.resource {
+            Resource::EndpointSlice(slice) => model::endpoint_slice(slice).map(Vec::from_iter),
+            // The EndpointSlice controller owns the endpoints of a Service with a selector.
+            Resource::Endpoints(_) if selected => {
+                tracing::debug!("{id}: ignored, its Service has a selector");
+                return Found::Ignored;
+            }
+            Resource::Endpoints(eps) => model::endpoints(eps),
+            Resource::Service(_) => unreachable!("handled above"),
+        };
+        match found {
+            Ok(slices) => Found::Slices(slices),
+            Err(e) => Found::Reported(rejection(obj, e)),
+        }
+    }
+}
+
+fn rejection(obj: &Object, e: Invalid) -> Diagnostic {
+    Diagnostic::new(
+        obj.origin.clone(),
+        Some(object_id(obj)),
+        Some(e.field),
+        e.message,
+    )
+}
+
+/// The endpoints of a rejected Service are not used: said once per object, pointing at the
+/// Service's own error (diagnostics are listed in input order).
+fn rejected_service(obj: &Object, service: &ServiceName, at: &Origin) -> Diagnostic {
     let field = match obj.resource {
         Resource::EndpointSlice(_) => "metadata.labels[kubernetes.io/service-name]",
         _ => "metadata.name",
     };
-    Invalid {
+    let place = if *at < obj.origin { "above" } else { "below" };
+    let (namespace, name) = service;
+    let message = format!("its Service {namespace}/{name} was rejected (see {place})");
+    let invalid = Invalid {
         field: field.into(),
-        message: format!(
-            "its Service {}/{} is not in the input",
-            service.0, service.1
-        ),
-    }
+        message,
+    };
+    rejection(obj, invalid).warning()
+}
+
+/// One note for all the endpoints objects whose Service is not in the input.
+fn unowned_note(count: usize) -> Diagnostic {
+    let what = if count == 1 {
+        "endpoint object names"
+    } else {
+        "endpoint objects name"
+    };
+    let message = format!("{count} {what} no Service in the input; ignored");
+    Diagnostic::new(Origin::document("note", 0), None, None, message).warning()
 }
 
 /// `Kind namespace/name` of an object (namespace `default` when it names none, as kubectl).

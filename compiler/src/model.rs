@@ -307,14 +307,23 @@ fn cluster_ips(svc: &Service) -> Result<Shape, Invalid> {
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// An EndpointSlice of addressType IPv4 or IPv6 (`None` for FQDN, which proxies ignore).
+/// The Service an EndpointSlice names in its `kubernetes.io/service-name` label.
+pub fn slice_service(slice: &EndpointSlice) -> Option<&str> {
+    let labels = slice.metadata.labels.as_ref();
+    labels
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(String::as_str)
+}
+
+/// An EndpointSlice of addressType IPv4 or IPv6; `None` for FQDN, and for a slice without the
+/// `kubernetes.io/service-name` label: proxies ignore both (kube-proxy does).
 pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<SliceInfo>, Invalid> {
     crate::validate::endpoint_slice(slice)?;
     let namespace = slice.metadata.namespace.clone().unwrap_or("default".into());
-    let labels = slice.metadata.labels.as_ref();
-    let Some(service) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
-        let field = format!("metadata.labels[{SERVICE_NAME_LABEL}]");
-        return invalid(field, "is required: it names the slice's Service");
+    let Some(service) = slice_service(slice) else {
+        let name = slice.metadata.name.as_deref().unwrap_or_default();
+        tracing::debug!("EndpointSlice {namespace}/{name}: ignored: no {SERVICE_NAME_LABEL} label");
+        return Ok(None);
     };
     let v6 = match slice.address_type.as_str() {
         "IPv4" => false,
@@ -358,7 +367,7 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<SliceInfo>, Invali
         });
     }
     Ok(Some(SliceInfo {
-        service: (namespace.into(), service.as_str().into()),
+        service: (namespace.into(), service.into()),
         ports,
         endpoints,
     }))
