@@ -5,11 +5,12 @@ mod fakeapi;
 mod netns;
 
 use std::fmt::Display;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use fakeapi::FakeApi;
+use netns::agent::PATIENCE;
 use netns::Netns;
 use serde_json::{json, Value};
 
@@ -53,7 +54,7 @@ fn connect(ns: &Netns, addr: SocketAddr) -> TcpStream {
     let s = ns
         .run(move || TcpStream::connect(addr))
         .expect("connect in namespace");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
     s
 }
 
@@ -118,17 +119,22 @@ fn watch_from(ns: &Netns, api: &FakeApi, plural: &str, rv: impl Display, more: &
 }
 
 impl WatchConn {
-    /// The next event; Ok(None) at the terminating chunk, Err at an abrupt end.
+    /// The next event; Ok(None) at the terminating chunk, Err at an abrupt end. Panics when
+    /// nothing comes: silence is neither.
     fn next(&mut self) -> Result<Option<Value>, String> {
+        let failed = |e: std::io::Error| match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                panic!("the watch said nothing for {PATIENCE:?}")
+            }
+            _ => e.to_string(),
+        };
         let mut size = String::new();
-        match self.0.read_line(&mut size) {
-            Ok(0) => return Err("eof".into()),
-            Err(e) => return Err(e.to_string()),
-            Ok(_) => {}
+        if self.0.read_line(&mut size).map_err(failed)? == 0 {
+            return Err("eof".into());
         }
         let size = usize::from_str_radix(size.trim(), 16).map_err(|e| e.to_string())?;
         let mut data = vec![0; size + 2];
-        self.0.read_exact(&mut data).map_err(|e| e.to_string())?;
+        self.0.read_exact(&mut data).map_err(failed)?;
         if size == 0 {
             return Ok(None);
         }
@@ -324,6 +330,7 @@ fn down_refuses_connections() {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     assert!(buf.is_empty(), "no response while down");
+    assert_eq!(api.turned_away(), 1);
     api.set_down(false);
     assert_eq!(get(&ns, &api, "/version").0, 200);
 }
@@ -356,6 +363,18 @@ fn events_post_and_patch() {
     assert_eq!(posted[0], (path.to_string(), ev));
 }
 
+/// Polls `check` until it holds; panics naming `what` after `PATIENCE`.
+async fn until(what: &str, check: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "waited {PATIENCE:?} in vain for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until the store holds exactly `want` (names, sorted, comma-separated).
 async fn wait(
     store: &kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
@@ -370,13 +389,8 @@ async fn wait(
         n.sort();
         n.join(",")
     };
-    for _ in 0..500 {
-        if names() == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("store {:?}, want {want:?}", names());
+    let what = format!("the store to hold {want:?}");
+    until(&what, || names() == want).await;
 }
 
 /// A real kube-rs watcher + reflector and event recorder against the fake.
@@ -415,10 +429,14 @@ fn drives_kube_watcher_and_recorder() {
             fake.delete("Service", Some("a"), "s1");
             wait(&store, "s2").await;
             // Down, then back with history compacted: 410, the watcher re-lists.
+            let turned_away = fake.turned_away();
             fake.set_down(true);
             fake.apply(service("a", "s3", json!({})));
             fake.compact();
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            until("the watcher to be turned away while down", || {
+                fake.turned_away() > turned_away
+            })
+            .await;
             fake.set_down(false);
             wait(&store, "s2,s3").await;
             task.abort();

@@ -6,6 +6,7 @@ mod fakeapi;
 mod netns;
 
 use fakeapi::FakeApi;
+use netns::agent::{self, Log, PATIENCE};
 use netns::cluster::{Cluster, CIDRS};
 use netns::{eventually, tcp, Netns, Outcome};
 use serde_json::{json, Value};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 /// The agent, in the node namespace, watching `api`; killed on drop.
 struct Agent {
     child: Child,
+    log: Log,
     kubeconfig: std::path::PathBuf,
 }
 
@@ -35,8 +37,8 @@ impl Agent {
             api.url()
         );
         std::fs::write(&kubeconfig, config).unwrap();
-        let child = node
-            .command(env!("CARGO_BIN_EXE_svc-nft"))
+        let mut command = node.command(env!("CARGO_BIN_EXE_svc-nft"));
+        command
             .arg("run")
             .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
             .args(["--hostname-override", "node-a"])
@@ -44,20 +46,21 @@ impl Agent {
             .args(["--healthz-bind-address", "127.0.0.1:10256"])
             .args(["--metrics-bind-address", "127.0.0.1:10249"])
             .args(CIDRS)
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("SVC_NFT_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stdout(Stdio::null());
+        let mut child = agent::logging(&mut command)
             .spawn()
             .expect("start the agent");
-        Agent { child, kubeconfig }
+        let log = Log::capture(&mut child);
+        Agent {
+            child,
+            log,
+            kubeconfig,
+        }
     }
 }
 
 impl Agent {
-    /// SIGTERM, and wait (at most 5 s) for a clean exit.
+    /// SIGTERM, and wait for a clean exit.
     fn terminate(&mut self) {
         // SAFETY: kill(2) on the child this test started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -68,7 +71,9 @@ impl Agent {
                     assert!(status.success(), "exit after SIGTERM: {status}");
                     return;
                 }
-                None if start.elapsed() > Duration::from_secs(5) => panic!("no exit on SIGTERM"),
+                None if start.elapsed() > PATIENCE => {
+                    panic!("no exit on SIGTERM; the log ends:\n{}", self.log.tail(30))
+                }
                 None => std::thread::sleep(Duration::from_millis(50)),
             }
         }
@@ -91,7 +96,7 @@ fn get(ns: &Netns, addr: &str, path: &str) -> Option<(u16, String)> {
     );
     ns.run(move || {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.set_read_timeout(Some(PATIENCE)).ok()?;
         s.write_all(request.as_bytes()).ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
@@ -201,8 +206,12 @@ fn the_agent_follows_the_api_server() {
 
     // The API server goes away: the rules stay. It comes back having forgotten history
     // (410 Gone on the re-watch): the agent relists and follows again.
+    let turned_away = api.turned_away();
     api.set_down(true);
-    std::thread::sleep(Duration::from_secs(1));
+    eventually(
+        "the agent tries the API server again and is turned away",
+        || api.turned_away() > turned_away,
+    );
     assert!(
         answered_by("10.244.2.2"),
         "traffic flows while the API is down"

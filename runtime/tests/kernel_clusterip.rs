@@ -80,7 +80,7 @@ metadata: {name: empty, namespace: shop}
 spec:
   selector: {app: nothing}
   clusterIPs: [10.96.0.70, "fd00:96::70"]
-  ports: [{port: 80}, {port: 53, protocol: UDP}]
+  ports: [{port: 80, name: http}, {port: 53, name: dns, protocol: UDP}]
 "#;
 
 #[test]

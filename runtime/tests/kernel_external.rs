@@ -36,8 +36,9 @@ fn service(name: &str, spec: &str, extra: &str, v4: &[&str], v6: &[&str]) -> Str
     let slice = |family: &str, eps: &[&str]| {
         format!(
             "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: {name}-{family}, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             metadata: {{name: {name}-{}, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\n\
              addressType: {family}\nports: [{{port: 8080}}]\nendpoints: [{}]\n",
+            family.to_lowercase(),
             eps.join(", ")
         )
     };

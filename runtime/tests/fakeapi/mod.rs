@@ -174,6 +174,12 @@ impl FakeApi {
         }
     }
 
+    /// Connections closed unanswered while down: a client that has noticed the outage (it
+    /// tried again and was turned away) made one.
+    pub fn turned_away(&self) -> u64 {
+        self.lock().turned_away
+    }
+
     /// Sends a BOOKMARK with the current RV to every open watch that asked
     /// for `allowWatchBookmarks=true`.
     pub fn bookmark(&self) {

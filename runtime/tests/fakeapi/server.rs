@@ -29,6 +29,8 @@ pub(super) fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         };
         let mut st = shared.lock();
         if st.stopped || st.down {
+            // Counted before the client can see the close.
+            st.turned_away += u64::from(!st.stopped);
             let _ = stream.shutdown(Shutdown::Both);
             if st.stopped {
                 return;

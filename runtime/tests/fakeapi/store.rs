@@ -111,6 +111,8 @@ pub(super) struct State {
     pub(super) conns: HashMap<u64, TcpStream>,
     pub(super) next_id: u64,
     pub(super) down: bool,
+    /// Connections closed unanswered because the server was down.
+    pub(super) turned_away: u64,
     pub(super) stopped: bool,
     pub(super) requests: Vec<(String, String)>,
     pub(super) posted: Vec<(String, Value)>,

@@ -21,12 +21,12 @@ pub fn canonical(listing: &str) -> Json {
             map.insert("protocol".into(), Json::from("th"));
         }
         if let Some(Json::Array(elems)) = map.get_mut("elem") {
-            elems.sort_by_key(|e| e.to_string());
+            elems.sort_by_cached_key(|e| e.to_string());
         }
     });
     let mut items = json["nftables"].as_array().cloned().unwrap_or_default();
     items.retain(|i| i.get("metainfo").is_none());
-    items.sort_by_key(|item| {
+    items.sort_by_cached_key(|item| {
         let (kind, body) = item.as_object().unwrap().iter().next().unwrap();
         let name = body.get("chain").or(body.get("name")).cloned();
         (

@@ -6,9 +6,11 @@
 //! Include with `mod netns;` and start each test with
 //! `if !netns::require() { return; }`. `Netns` is here; the routed `Lab`,
 //! its servers and the `tcp`/`udp` probes are in `lab.rs`; `listing` compares
-//! what nft lists, `inputs` reads the repository's manifests.
+//! what nft lists, `inputs` reads the repository's manifests; `agent` runs
+//! the agent and reads its log.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod cluster;
 pub mod inputs;
 mod lab;
@@ -28,7 +30,8 @@ use std::thread::{self, JoinHandle};
 const PREFIX: &str = "svcnft-";
 
 /// True when kernel tests can run (root, `ip` and `nft` runnable). Otherwise
-/// prints a skip notice, or panics under CI so a broken runner is not green.
+/// prints a skip notice and records the skip (see `record_skip`), or panics under CI so
+/// a broken runner is not green.
 pub fn require() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     let ok = *OK.get_or_init(|| {
@@ -47,8 +50,34 @@ pub fn require() -> bool {
             panic!("CI is set but kernel tests cannot run: needs root + nft + ip");
         }
         eprintln!("skipping: needs root + nft + ip");
+        record_skip();
     }
     ok
+}
+
+/// Appends `<test binary> <test>` to the file `$SVC_NFT_SKIPPED` names, if set: libtest
+/// counts a skipped test as passed, so `scripts/test` counts the lines (once per test) and
+/// reports them as skipped instead.
+fn record_skip() {
+    let Some(path) = std::env::var_os("SVC_NFT_SKIPPED") else {
+        return;
+    };
+    let binary = std::env::args().next().unwrap_or_default();
+    let binary = std::path::Path::new(&binary)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let test = thread::current().name().unwrap_or("?").to_string();
+    let line = format!("{binary} {test}\n");
+    // One short O_APPEND write: lines from parallel tests do not interleave.
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        panic!("recording the skip in {path:?}: {e}");
+    }
 }
 
 /// Runs a command to completion, panicking with its stderr when it fails.
@@ -82,13 +111,14 @@ fn sweep_stale() {
     }
 }
 
-/// Poll `check` until it holds; panics naming `what` after 15 s.
+/// Poll `check` until it holds; panics naming `what` after `agent::PATIENCE`.
 pub fn eventually(what: &str, check: impl Fn() -> bool) {
     let start = std::time::Instant::now();
     while !check() {
         assert!(
-            start.elapsed() < std::time::Duration::from_secs(15),
-            "never happened: {what}"
+            start.elapsed() < agent::PATIENCE,
+            "waited {:?} in vain for: {what}",
+            agent::PATIENCE
         );
         thread::sleep(std::time::Duration::from_millis(50));
     }
