@@ -168,8 +168,12 @@ impl Syncer {
     pub fn sync(&mut self) {
         let delta = self.state.flush();
         for d in &delta.diagnostics {
-            self.observers.metrics.rejected_object();
-            tracing::warn!("rejected: {d}");
+            if d.is_error() {
+                self.observers.metrics.rejected_object();
+                tracing::warn!("rejected: {d}");
+            } else {
+                tracing::warn!("{d}");
+            }
         }
         let state = &self.state;
         let metrics = &self.observers.metrics;
