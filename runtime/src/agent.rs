@@ -70,8 +70,11 @@ impl Agent {
             Input::ApiServer(kubeconfig) => {
                 let config = runtime.block_on(config(kubeconfig.as_ref()))?;
                 self.log_start(&format!("API server {}", config.cluster_url));
-                let client =
-                    kube::Client::try_from(config).map_err(|e| format!("API client: {e}"))?;
+                // The client spawns its request buffer on the runtime it is built in.
+                let client = {
+                    let _runtime = runtime.enter();
+                    kube::Client::try_from(config).map_err(|e| format!("API client: {e}"))?
+                };
                 let watch = crate::cluster::watch::run(
                     client,
                     self.node.clone(),

@@ -577,7 +577,7 @@ mod tests {
             .map(|l| l.split(' ').next().unwrap())
             .collect();
         assert_eq!(helps, types);
-        assert_eq!(helps.len(), 15);
+        assert_eq!(helps.len(), 16);
         let mut unique = helps.clone();
         unique.sort();
         unique.dedup();
