@@ -15,6 +15,7 @@ pub mod manifest;
 mod model;
 mod node;
 mod services;
+mod validate;
 
 pub use chains::{affinity_recorders, AffinityRecorder, MASQUERADE_MARK};
 pub use diagnostic::{Diagnostic, ObjectId, Origin, Severity};

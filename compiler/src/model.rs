@@ -247,6 +247,8 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, Invalid> {
             )
         }
     };
+    // The API server's rules, after the model's own checks of what it reads.
+    crate::validate::service(svc)?;
     Ok(ServiceInfo {
         created: svc
             .metadata
@@ -316,6 +318,7 @@ pub fn slice_service(slice: &EndpointSlice) -> Option<&str> {
 /// An EndpointSlice of addressType IPv4 or IPv6; `None` for FQDN, and for a slice without the
 /// `kubernetes.io/service-name` label: proxies ignore both (kube-proxy does).
 pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<SliceInfo>, Invalid> {
+    crate::validate::endpoint_slice(slice)?;
     let namespace = slice.metadata.namespace.clone().unwrap_or("default".into());
     let Some(service) = slice_service(slice) else {
         let name = slice.metadata.name.as_deref().unwrap_or_default();
@@ -373,6 +376,7 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<SliceInfo>, Invali
 /// v1 Endpoints converted as the EndpointSlice mirroring controller does: one slice per subset
 /// and address family; `addresses` are ready, `notReadyAddresses` are not.
 pub fn endpoints(eps: &Endpoints) -> Result<Vec<SliceInfo>, Invalid> {
+    crate::validate::endpoints(eps)?;
     let namespace = eps.metadata.namespace.clone().unwrap_or("default".into());
     let name = eps.metadata.name.as_deref().unwrap_or_default();
     let service: ServiceName = (namespace.into(), name.into());

@@ -186,10 +186,17 @@ mod per_service {
                 .filter(|e| e.2)
                 .map(|e| format!("{{ip: 10.244.0.{}, nodeName: {}}}", e.0, node(e.1)))
                 .collect();
+            // The API refuses a subset without addresses: no ready address, no subset.
+            let subsets = match addrs.is_empty() {
+                true => "[]".to_string(),
+                false => format!(
+                    "[{{addresses: [{}], ports: [{{port: 8080, protocol: {proto}}}]}}]",
+                    addrs.join(", ")
+                ),
+            };
             format!(
                 "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: s{i}, namespace: default}}\n\
-                 subsets: [{{addresses: [{}], ports: [{{port: 8080, protocol: {proto}}}]}}]\n",
-                addrs.join(", ")
+                 subsets: {subsets}\n"
             )
         } else {
             let eps: Vec<String> = s

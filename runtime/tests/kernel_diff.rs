@@ -47,6 +47,7 @@ fn cluster() -> impl Strategy<Value = String> {
         (1u8..4).prop_map(|i| format!("fd00:96::{i}")),
     ];
     let port = (prop::sample::select(vec!["TCP", "UDP", "SCTP"]), 1u16..4);
+    // Port names are DNS labels: lower case.
     let endpoint = (1u8..6, any::<bool>());
     let service = (
         vip,
@@ -63,12 +64,20 @@ fn cluster() -> impl Strategy<Value = String> {
             let v6 = vip.contains(':');
             let svc_ports: Vec<String> = ports
                 .keys()
-                .map(|(proto, p)| format!("{{name: p{p}-{proto}, port: {p}, protocol: {proto}}}"))
+                .map(|(proto, p)| {
+                    format!(
+                        "{{name: p{p}-{}, port: {p}, protocol: {proto}}}",
+                        proto.to_lowercase()
+                    )
+                })
                 .collect();
             let slice_ports: Vec<String> = ports
                 .iter()
                 .map(|((proto, p), target)| {
-                    format!("{{name: p{p}-{proto}, port: {target}, protocol: {proto}}}")
+                    format!(
+                        "{{name: p{p}-{}, port: {target}, protocol: {proto}}}",
+                        proto.to_lowercase()
+                    )
                 })
                 .collect();
             let eps: Vec<String> = endpoints

@@ -43,10 +43,17 @@ fn manifests(services: &[Svc]) -> String {
     for (i, s) in services.iter().enumerate() {
         let kind = ["ClusterIP", "NodePort", "LoadBalancer"][s.kind as usize];
         let policy = |local: bool| if local { "Local" } else { "Cluster" };
-        let ranges = if s.source_ranges {
+        // The API allows source ranges on LoadBalancers only, and externalTrafficPolicy on
+        // externally reachable Services only.
+        let ranges = if s.source_ranges && s.kind == 2 {
             "loadBalancerSourceRanges: [198.51.100.0/24],"
         } else {
             ""
+        };
+        let external = if s.kind > 0 {
+            format!("externalTrafficPolicy: {},", policy(s.external_local))
+        } else {
+            String::new()
         };
         let node_port = if s.kind > 0 {
             format!(", nodePort: {}", 30100 + i)
@@ -55,10 +62,9 @@ fn manifests(services: &[Svc]) -> String {
         };
         out += &format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: p}}\n\
-             spec: {{type: {kind}, clusterIP: 10.96.2.{}, externalTrafficPolicy: {}, \
+             spec: {{type: {kind}, clusterIP: 10.96.2.{}, {external} \
              internalTrafficPolicy: {}, {ranges} ports: [{{port: 80, targetPort: 8080{node_port}}}]}}\n",
             i + 1,
-            if s.kind > 0 { policy(s.external_local) } else { "Cluster" },
             policy(s.internal_local),
         );
         if s.kind == 2 {

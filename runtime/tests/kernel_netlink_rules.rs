@@ -182,9 +182,15 @@ fn services(n: usize, timeout: u32) -> Vec<Object> {
         "sessionAffinity: ClientIP, sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {timeout}}}}}"
     );
     let service = |name: &str, spec: &str, family: &str, eps: &str| {
+        // The API refuses a nodePort on a ClusterIP Service.
+        let node_port = if spec.contains("NodePort") {
+            ", nodePort: 30080"
+        } else {
+            ""
+        };
         format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\n\
-             spec: {{{spec}, ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]}}\n\
+             spec: {{{spec}, ports: [{{port: 80, targetPort: 8080{node_port}}}]}}\n\
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {{name: {name}-1, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\n\
              addressType: {family}\nports: [{{port: 8080}}]\nendpoints: [{eps}]\n"
