@@ -177,6 +177,20 @@ fn the_agent_follows_the_api_server() {
     api.apply(slice("web", "10.244.2.2", "node-b"));
     eventually("the endpoint moves to b2", || answered_by("10.244.2.2"));
 
+    // An invalid edit (the fake API server does not validate) keeps the last good version.
+    let mark = agent.log.mark();
+    let bad_port =
+        json!({"spec": {"ports": [{"port": 70000, "targetPort": 8080, "protocol": "TCP"}]}});
+    api.apply(service("web", "10.96.5.1", bad_port));
+    let (seen, _) = agent.log.wait_for("the invalid edit rejected", mark, |l| {
+        l.contains("rejected")
+    });
+    agent.log.wait_for_pass("a pass after the rejection", seen);
+    assert!(
+        answered_by("10.244.2.2"),
+        "the invalid edit cost the Service its rules"
+    );
+
     // Health and metrics, as kube-proxy serves them.
     let (status, body) = get(node, "127.0.0.1:10256", "/healthz").expect("healthz answers");
     assert_eq!(status, 200, "{body}");

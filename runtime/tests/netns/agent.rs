@@ -143,6 +143,14 @@ impl Log {
         at
     }
 
+    /// Waits for the agent's next pass over its state from line `since` on: a sync, or a
+    /// periodic check of the kernel (`verified:`) when nothing changed. Returns the index of
+    /// the line after it, where a wait for the pass after that starts.
+    pub fn wait_for_pass(&self, what: &str, since: usize) -> usize {
+        let pass = |l: &str| l.contains("synced:") || l.contains("verified:");
+        1 + self.wait_for(what, since, pass).0
+    }
+
     /// The last `n` lines, for a failure message.
     pub fn tail(&self, n: usize) -> String {
         let lines = self.0.lock();

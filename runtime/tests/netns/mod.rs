@@ -7,7 +7,7 @@
 //! `if !netns::require() { return; }`. `Netns` is here; the routed `Lab`,
 //! its servers and the `tcp`/`udp` probes are in `lab.rs`; `listing` compares
 //! what nft lists, `inputs` reads the repository's manifests; `agent` runs
-//! the agent and reads its log.
+//! the agent and reads its log, `manifest_agent` runs it on a manifest directory.
 #![allow(dead_code)]
 
 pub mod agent;
@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod inputs;
 mod lab;
 pub mod listing;
+pub mod manifest_agent;
 #[allow(unused_imports)]
 pub use lab::*;
 
