@@ -146,6 +146,20 @@ pub struct Inputs {
     pub keep_going: KeepGoing,
 }
 
+impl Inputs {
+    /// Compile the inputs; None, saying `refusal`, when something was rejected and
+    /// `--keep-going` was not given: the command then fails closed.
+    fn compile(
+        &self,
+        facts: &NodeFacts,
+        refusal: &str,
+        err: &mut dyn Write,
+    ) -> Option<Compilation> {
+        let result = Compilation::of(&self.paths, facts, err);
+        go_on(result.rejected.len(), self.keep_going, refusal, err).then_some(result)
+    }
+}
+
 #[derive(Debug, Clone, Copy, Args)]
 pub struct KeepGoing {
     /// When an input is rejected or cannot be read, use the rest instead of stopping (the
@@ -355,15 +369,9 @@ fn compile_command(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<i32> {
-    let result = Compilation::of(&input.paths, facts, err);
-    if !go_on(
-        result.rejected.len(),
-        input.keep_going,
-        "no ruleset printed",
-        err,
-    ) {
+    let Some(result) = input.compile(facts, "no ruleset printed", err) else {
         return Ok(1);
-    }
+    };
     out.write_all(result.left_out_comment().as_bytes())?;
     out.write_all(replace_script(&result.compiled.table).as_bytes())?;
     Ok(status(&result))
@@ -437,15 +445,9 @@ fn apply_command(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<i32> {
-    let result = Compilation::of(&input.paths, facts, err);
-    if !go_on(
-        result.rejected.len(),
-        input.keep_going,
-        "nothing applied",
-        err,
-    ) {
+    let Some(result) = input.compile(facts, "nothing applied", err) else {
         return Ok(1);
-    }
+    };
     let table = &result.compiled.table;
     match Engine::new().reconcile(table) {
         Ok(changes) => writeln!(out, "applied table inet {}: {changes}", table.name)?,
@@ -465,15 +467,9 @@ fn explain_command(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<i32> {
-    let result = Compilation::of(&input.paths, facts, err);
-    if !go_on(
-        result.rejected.len(),
-        input.keep_going,
-        "no answer printed",
-        err,
-    ) {
+    let Some(result) = input.compile(facts, "no answer printed", err) else {
         return Ok(1);
-    }
+    };
     out.write_all(report(&result.compiled.table, facts, query, format).as_bytes())?;
     Ok(status(&result))
 }
