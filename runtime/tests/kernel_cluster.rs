@@ -301,6 +301,21 @@ fn health_check_node_ports_follow_local_endpoints() {
     eventually("200 with a local endpoint", || {
         check().is_some_and(|(s, b)| s == 200 && b.contains("\"localEndpoints\":1"))
     });
+    // Its only local endpoint terminating, still serving: kube-proxy drains the node.
+    let mut draining = slice("lb", "10.244.1.2", "node-a");
+    let conditions = json!({"ready": false, "serving": true, "terminating": true});
+    merge(
+        &mut draining["endpoints"][0],
+        json!({"conditions": conditions}),
+    );
+    api.apply(draining);
+    eventually("503 with only a terminating endpoint", || {
+        check().is_some_and(|(s, b)| s == 503 && b.contains("\"localEndpoints\":0"))
+    });
+    api.apply(slice("lb", "10.244.1.2", "node-a"));
+    eventually("200 again once it is ready", || {
+        check().is_some_and(|(s, b)| s == 200 && b.contains("\"localEndpoints\":1"))
+    });
     api.apply(slice("lb", "10.244.1.2", "node-b"));
     eventually("503 without one", || {
         check().is_some_and(|(s, b)| s == 503 && b.contains("\"localEndpoints\":0"))

@@ -5,6 +5,7 @@ use super::clashes::Before;
 use super::{Delta, Incremental, Inputs};
 use crate::chains::{self, Pick};
 use crate::diagnostic::Diagnostic;
+use crate::endpoints;
 use crate::family::{Ipf, FAMILIES};
 use crate::layout::{self, endpoints_map, Contribution};
 use crate::model::ServiceName;
@@ -198,9 +199,8 @@ impl Incremental {
         change: Option<&mut Change>,
     ) -> Contribution {
         if let Some(port) = inputs.info.health_check_node_port {
-            let local = expanded.ports.iter().map(|p| p.endpoints.local.len());
-            self.health
-                .insert(name.clone(), (port, local.max().unwrap_or(0)));
+            let local = endpoints::local_ready(&inputs.slices, &self.node);
+            self.health.insert(name.clone(), (port, local));
         }
         if !expanded.notes.is_empty() {
             self.notes.insert(name.clone(), expanded.notes);

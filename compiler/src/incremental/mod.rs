@@ -154,7 +154,7 @@ pub struct Incremental {
     udp_endpoints: HashMap<(IpAddr, u16), u32>,
     /// Elements the Services put in the table.
     elements: usize,
-    /// Services with a health-check NodePort: the port and the local endpoints.
+    /// Services with a health-check NodePort: the port and the ready local endpoints.
     health: BTreeMap<ServiceName, (u16, usize)>,
     /// The node's facts changed: the next flush rebuilds everything.
     node_changed: bool,
@@ -163,7 +163,8 @@ pub struct Incremental {
     strings: HashSet<Arc<str>>,
 }
 
-/// A Service's health-check NodePort and how many endpoints it has on this node.
+/// A Service's health-check NodePort and how many ready endpoints it has on this node
+/// (distinct addresses, terminating ones not counted).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {
     pub namespace: String,
