@@ -323,3 +323,64 @@ fn health_check_node_ports_follow_local_endpoints() {
     api.delete("Service", Some("t"), "lb");
     eventually("the port closes with the Service", || check().is_none());
 }
+
+/// `/healthz` and `/livez` from inside the node namespace: status and JSON body.
+fn probe(ns: &Netns, path: &str) -> Option<(u16, Value)> {
+    let (status, body) = get(ns, "127.0.0.1:10256", path)?;
+    let body = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    Some((status, body))
+}
+
+#[test]
+fn healthz_fails_while_the_node_is_on_its_way_out() {
+    if !netns::require() {
+        return;
+    }
+    let (k, api) = cluster_with_api();
+    let node = &k.lab.node;
+    let node_object = |extra: Value| {
+        let mut object = json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "198.51.100.1"}]}
+        });
+        merge(&mut object, extra);
+        object
+    };
+    api.apply(node_object(json!({})));
+    let _agent = Agent::start(node, &api);
+    let eligible = |want: bool| {
+        let (healthz, livez) = (probe(node, "/healthz"), probe(node, "/livez"));
+        let (Some((healthz, h)), Some((livez, l))) = (healthz, livez) else {
+            return false;
+        };
+        // The proxy itself stays healthy and alive (KEP-3836): only /healthz tells load
+        // balancers to go, and only /healthz carries nodeEligible.
+        let healthy = h["healthy"] == true && l["healthy"] == true && livez == 200;
+        let families = ["IPv4", "IPv6"]
+            .iter()
+            .all(|f| h["status"][f]["healthy"] == true);
+        let expected = if want { 200 } else { 503 };
+        healthy
+            && families
+            && healthz == expected
+            && h["nodeEligible"] == want
+            && l.get("nodeEligible").is_none()
+    };
+    eventually("/healthz 200 for an eligible node", || eligible(true));
+
+    let taint = json!({"key": "ToBeDeletedByClusterAutoscaler", "value": "1767225600",
+                       "effect": "NoSchedule"});
+    api.apply(node_object(json!({"spec": {"taints": [taint]}})));
+    eventually("/healthz 503 once the autoscaler marks the node", || {
+        eligible(false)
+    });
+    api.apply(node_object(json!({})));
+    eventually("/healthz 200 again without the taint", || eligible(true));
+
+    let deleted = json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z",
+                                      "finalizers": ["example.com/hold"]}});
+    api.apply(node_object(deleted));
+    eventually("/healthz 503 while the node is being deleted", || {
+        eligible(false)
+    });
+}
