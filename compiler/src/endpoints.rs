@@ -43,9 +43,7 @@ pub fn choose(slices: &[SliceInfo], v6: bool, port: &Port, node: &NodeFacts) -> 
         .filter(|(ep, _)| ep.ip.is_ipv6() == v6)
         .collect();
     let fallback = |ep: &EndpointInfo| ep.serving && ep.terminating;
-    let is_local = |ep: &EndpointInfo| {
-        node.node_name.is_some() && ep.node_name.as_deref() == node.node_name.as_deref()
-    };
+    let is_local = |ep: &EndpointInfo| is_local(ep, node);
     let pick = |keep: &dyn Fn(&EndpointInfo) -> bool| -> BTreeSet<Backend> {
         candidates
             .iter()
@@ -70,6 +68,25 @@ pub fn choose(slices: &[SliceInfo], v6: bool, port: &Port, node: &NodeFacts) -> 
     }
 }
 
+fn is_local(ep: &EndpointInfo, node: &NodeFacts) -> bool {
+    node.node_name.is_some() && ep.node_name.as_deref() == node.node_name.as_deref()
+}
+
+/// What a health-check NodePort reports (kube-proxy's `LocalReadyEndpoints`): the ready
+/// endpoints on this node, by distinct address, across every port of the Service's slices.
+/// Terminating endpoints do not count even while they serve, so that load balancers drain
+/// a node whose Pods are going away.
+pub fn local_ready(slices: &[SliceInfo], node: &NodeFacts) -> usize {
+    let ready = slices
+        .iter()
+        // kube-proxy knows endpoints through their slice's ports: a slice without any
+        // gives it none.
+        .filter(|slice| !slice.ports.is_empty())
+        .flat_map(|slice| &slice.endpoints)
+        .filter(|ep| ep.ready && is_local(ep, node));
+    ready.map(|ep| ep.ip).collect::<BTreeSet<IpAddr>>().len()
+}
+
 /// The topology filter: keep endpoints hinted for this node's zone, when the node has a zone,
 /// every ready endpoint carries zone hints and at least one is for this zone (otherwise the
 /// hints are not trusted and every endpoint is kept).
@@ -83,4 +100,78 @@ fn in_zone<'a>(
         ready().all(|ep| ep.zones.is_some()) && ready().any(|ep| hinted(ep, zone))
     });
     move |ep: &EndpointInfo| !usable || hinted(ep, node.zone.as_deref().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use svc_nft_ir::L4Proto;
+
+    fn endpoint(ip: &str, node: &str, ready: bool, terminating: bool) -> EndpointInfo {
+        EndpointInfo {
+            ip: ip.parse().unwrap(),
+            ready,
+            serving: true,
+            terminating,
+            node_name: Some(node.into()),
+            zones: None,
+        }
+    }
+
+    fn slice(ports: &[&str], endpoints: Vec<EndpointInfo>) -> SliceInfo {
+        let port = |name: &&str| Port {
+            name: name.to_string(),
+            proto: L4Proto::Tcp,
+            port: 8080,
+        };
+        SliceInfo {
+            service: ("t".into(), "lb".into()),
+            ports: ports.iter().map(port).collect(),
+            endpoints,
+        }
+    }
+
+    #[test]
+    fn local_ready_counts_distinct_ready_local_addresses() {
+        let node = NodeFacts {
+            node_name: Some("node-a".into()),
+            ..NodeFacts::default()
+        };
+        // One Pod behind two ports and two slices counts once; the larger port does not
+        // decide.
+        let http = slice(
+            &["http"],
+            vec![
+                endpoint("10.244.1.2", "node-a", true, false),
+                endpoint("10.244.1.3", "node-a", true, false),
+            ],
+        );
+        let both = slice(
+            &["http", "https"],
+            vec![
+                endpoint("10.244.1.2", "node-a", true, false),
+                endpoint("fd00:244:1::2", "node-a", true, false),
+                endpoint("10.244.2.2", "node-b", true, false),
+            ],
+        );
+        assert_eq!(local_ready(&[http.clone(), both], &node), 3);
+
+        // Terminating endpoints serve, but do not keep the node in a load balancer.
+        let draining = slice(
+            &["http"],
+            vec![endpoint("10.244.1.4", "node-a", false, true)],
+        );
+        assert_eq!(local_ready(std::slice::from_ref(&draining), &node), 0);
+        assert_eq!(local_ready(&[draining, http], &node), 2);
+
+        // A slice without ports gives kube-proxy no endpoints; a node without a name has
+        // none of its own.
+        let portless = slice(&[], vec![endpoint("10.244.1.5", "node-a", true, false)]);
+        assert_eq!(local_ready(&[portless], &node), 0);
+        let ready = slice(
+            &["http"],
+            vec![endpoint("10.244.1.5", "node-a", true, false)],
+        );
+        assert_eq!(local_ready(&[ready], &NodeFacts::default()), 0);
+    }
 }

@@ -349,26 +349,90 @@ mod per_service {
 }
 
 #[test]
-fn health_check_node_ports_count_local_endpoints() {
+fn health_check_node_ports_count_ready_local_endpoints() {
     let node = NodeFacts {
         node_name: Some("node-a".into()),
         ..NodeFacts::default()
     };
-    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: lb, namespace: t}\n\
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: lb, namespace: t}\n\
                 spec: {type: LoadBalancer, externalTrafficPolicy: Local, healthCheckNodePort: 30100, \
-                clusterIP: 10.96.5.9, ports: [{port: 80, nodePort: 30080}]}\n---\n\
-                apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-                metadata: {name: lb-x, namespace: t, labels: {kubernetes.io/service-name: lb}}\n\
-                addressType: IPv4\nports: [{port: 8080}]\n\
-                endpoints: [{addresses: [10.244.1.2], nodeName: node-a}, {addresses: [10.244.2.2], nodeName: node-b}]\n";
-    let (objects, errors) = parse("lb", text);
-    assert!(errors.is_empty(), "{errors:?}");
+                clusterIP: 10.96.5.9, ports: [{name: a, port: 80, nodePort: 30080}, \
+                {name: b, port: 81, nodePort: 30081}]}\n";
+    let slice = |endpoints: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: lb-x, namespace: t, labels: {{kubernetes.io/service-name: lb}}}}\n\
+             addressType: IPv4\nports: [{{name: a, port: 8080}}, {{name: b, port: 8081}}]\n\
+             endpoints: [{endpoints}]\n"
+        )
+    };
     let mut state = Incremental::new(&node);
-    for obj in &objects {
-        state.upsert(obj).unwrap();
+    let mut local_endpoints = |endpoints: &str| {
+        let text = format!("{service}---\n{}", slice(endpoints));
+        let (objects, errors) = parse("lb", &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        for obj in &objects {
+            state.upsert(obj).unwrap();
+        }
+        state.flush();
+        let checks = state.health_checks();
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].port, 30100);
+        checks[0].local_endpoints
+    };
+    // One Pod behind both ports is one endpoint; the remote one is not counted.
+    let two =
+        "{addresses: [10.244.1.2], nodeName: node-a}, {addresses: [10.244.2.2], nodeName: node-b}";
+    assert_eq!(local_endpoints(two), 1);
+    // Terminating but still serving (the node is being drained): none, as kube-proxy says.
+    let draining = "{addresses: [10.244.1.2], nodeName: node-a, \
+                    conditions: {ready: false, serving: true, terminating: true}}";
+    assert_eq!(local_endpoints(draining), 0);
+}
+
+#[test]
+fn local_policy_ports_without_local_endpoints_are_counted() {
+    use svc_nft_compiler::NoLocalEndpoints;
+    let node = NodeFacts {
+        node_name: Some("node-a".into()),
+        node_ips: vec!["198.51.100.1".parse().unwrap()],
+        ..NodeFacts::default()
+    };
+    let objects = |on: &str| {
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: lb, namespace: t}}\n\
+             spec: {{type: LoadBalancer, externalTrafficPolicy: Local, internalTrafficPolicy: Local, \
+             clusterIP: 10.96.5.9, ports: [{{name: a, port: 80, nodePort: 30080}}, \
+             {{name: b, port: 81, nodePort: 30081}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: lb-x, namespace: t, labels: {{kubernetes.io/service-name: lb}}}}\n\
+             addressType: IPv4\nports: [{{name: a, port: 8080}}, {{name: b, port: 8081}}]\n\
+             endpoints: [{{addresses: [10.244.1.2], nodeName: {on}}}]\n"
+        );
+        let (objects, errors) = parse("lb", &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        objects
+    };
+    fn counts(state: &mut Incremental, objects: &[Object]) -> NoLocalEndpoints {
+        for obj in objects {
+            state.upsert(obj).unwrap();
+        }
+        state.flush();
+        state.no_local_endpoints()
     }
-    state.flush();
-    let checks = state.health_checks();
-    assert_eq!(checks.len(), 1);
-    assert_eq!((checks[0].port, checks[0].local_endpoints), (30100, 1));
+    let mut state = Incremental::new(&node);
+    let both = |n| NoLocalEndpoints {
+        internal: n,
+        external: n,
+    };
+    // Both ports, for both policies, while the only endpoint is elsewhere.
+    assert_eq!(counts(&mut state, &objects("node-b")), both(2));
+    assert_eq!(counts(&mut state, &objects("node-a")), both(0));
+    assert_eq!(counts(&mut state, &objects("node-b")), both(2));
+    // A Service with no endpoints at all is REJECTed, not counted (as kube-proxy).
+    state.remove("EndpointSlice", "t", "lb-x");
+    assert_eq!(counts(&mut state, &[]), both(0));
+    assert_eq!(counts(&mut state, &objects("node-b")), both(2));
+    state.remove("Service", "t", "lb");
+    assert_eq!(counts(&mut state, &[]), both(0));
 }

@@ -8,8 +8,12 @@
 //! `sync_proxy_rules_iptables_restore_failures_total`, for instance, is not exported at all).
 //!
 //! The registry is cheap to share (`Arc<Metrics>`): every update takes one short lock.
+//! The standard `process_*` metrics are read at each scrape ([`process`]).
 
-use std::fmt::Write as _;
+mod exposition;
+mod process;
+
+use exposition::{counter, gauge, gauges, histogram, Histogram};
 use std::sync::{Mutex, MutexGuard};
 
 /// Buckets of kube-proxy's sync-duration histograms: `ExponentialBuckets(0.001, 2, 15)`,
@@ -35,41 +39,6 @@ pub fn network_programming_buckets() -> Vec<f64> {
     buckets
 }
 
-/// A Prometheus histogram with fixed upper bounds (the `+Inf` bucket is implicit).
-#[derive(Debug, Clone)]
-struct Histogram {
-    /// Upper bounds, increasing.
-    bounds: Vec<f64>,
-    /// Observations per bucket (not cumulative); one more slot than `bounds`, for `+Inf`.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: Vec<f64>) -> Self {
-        let counts = vec![0; bounds.len() + 1];
-        Histogram {
-            bounds,
-            counts,
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    /// Records one observation; NaN is ignored (it would poison `_sum` for good).
-    fn observe(&mut self, value: f64) {
-        if value.is_nan() {
-            return;
-        }
-        // Buckets are "less than or equal": the first bound >= value takes it.
-        let slot = self.bounds.partition_point(|&bound| bound < value);
-        self.counts[slot] += 1;
-        self.sum += value;
-        self.count += 1;
-    }
-}
-
 /// Every value, behind the registry's lock.
 #[derive(Debug, Clone)]
 struct Values {
@@ -89,6 +58,10 @@ struct Values {
     conntrack_deleted: u64,
     rejected_objects: u64,
     rejected_now: f64,
+    /// Local-policy Service ports without a local endpoint: internal, external.
+    no_local_endpoints: [f64; 2],
+    /// Objects changed and not yet synced: Services, endpoints.
+    changes_pending: [f64; 2],
 }
 
 /// The agent's metrics registry. Share it as `Arc<Metrics>`; every method takes `&self`.
@@ -124,6 +97,8 @@ impl Metrics {
                 conntrack_deleted: 0,
                 rejected_objects: 0,
                 rejected_now: 0.0,
+                no_local_endpoints: [0.0; 2],
+                changes_pending: [0.0; 2],
             }),
         }
     }
@@ -207,6 +182,18 @@ impl Metrics {
         self.lock().rejected_now = n as f64;
     }
 
+    /// Service ports whose Local traffic policy finds no local endpoint, after a sync
+    /// (`kubeproxy_sync_proxy_rules_no_local_endpoints_total`, a gauge despite its name).
+    pub fn no_local_endpoints(&self, internal: usize, external: usize) {
+        self.lock().no_local_endpoints = [internal as f64, external as f64];
+    }
+
+    /// Services and endpoints objects changed and not yet programmed
+    /// (`kubeproxy_sync_proxy_rules_service_changes_pending`, `..._endpoint_changes_pending`).
+    pub fn changes_pending(&self, services: usize, endpoints: usize) {
+        self.lock().changes_pending = [services as f64, endpoints as f64];
+    }
+
     /// Every metric in the Prometheus text exposition format, version 0.0.4.
     pub fn render(&self) -> String {
         // Copy out, so the lock is not held while formatting.
@@ -280,84 +267,67 @@ impl Metrics {
             "Objects rejected as invalid now (their last accepted version stays in force)",
             v.rejected_now,
         );
+        let [internal, external] = v.no_local_endpoints;
+        gauges(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+            "Number of services with a Local traffic policy and no endpoints",
+            &[
+                (&[("traffic_policy", "internal")], internal),
+                (&[("traffic_policy", "external")], external),
+            ],
+        );
+        let [services, endpoints] = v.changes_pending;
+        gauge(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_service_changes_pending",
+            "Pending proxy rules Service changes",
+            services,
+        );
+        gauge(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+            "Pending proxy rules Endpoint changes",
+            endpoints,
+        );
 
         counter(
             &mut out,
             "svcnft_sync_failures_total",
             "Cumulative proxy rules sync failures",
-            v.sync_failures,
+            v.sync_failures as f64,
         );
         counter(
             &mut out,
             "kubeproxy_sync_proxy_rules_endpoint_changes_total",
             "Cumulative proxy rules Endpoint changes",
-            v.endpoint_changes,
+            v.endpoint_changes as f64,
         );
         counter(
             &mut out,
             "kubeproxy_sync_proxy_rules_service_changes_total",
             "Cumulative proxy rules Service changes",
-            v.service_changes,
+            v.service_changes as f64,
         );
         counter(
             &mut out,
             "svcnft_conntrack_entries_deleted_total",
             "Cumulative stale conntrack entries deleted",
-            v.conntrack_deleted,
+            v.conntrack_deleted as f64,
         );
         counter(
             &mut out,
             "svcnft_rejected_objects_total",
             "Cumulative API objects rejected as invalid",
-            v.rejected_objects,
+            v.rejected_objects as f64,
         );
+        // A scrape without them beats no scrape: /proc may be hidden (a sandbox).
+        match process::Process::read() {
+            Ok(p) => p.render(&mut out),
+            Err(e) => tracing::debug!("process metrics: {e}"),
+        }
         out
     }
-}
-
-/// A float as the exposition format wants it: shortest round-trip decimal, `+Inf`,
-/// `-Inf`, `NaN`.
-fn number(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_string()
-    } else if value == f64::INFINITY {
-        "+Inf".to_string()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".to_string()
-    } else {
-        format!("{value}")
-    }
-}
-
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
-    header(out, name, help, "gauge");
-    let _ = writeln!(out, "{name} {}", number(value));
-}
-
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    header(out, name, help, "counter");
-    let _ = writeln!(out, "{name} {value}");
-}
-
-fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    header(out, name, help, "histogram");
-    let mut cumulative = 0;
-    for (bound, count) in h.bounds.iter().zip(&h.counts) {
-        cumulative += count;
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"{}\"}} {cumulative}",
-            number(*bound)
-        );
-    }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum {}", number(h.sum));
-    let _ = writeln!(out, "{name}_count {}", h.count);
 }
 
 #[cfg(test)]
@@ -374,6 +344,7 @@ mod tests {
                     .unwrap_or(line);
                 line.strip_prefix(name).is_some_and(|rest| {
                     rest.starts_with(' ')
+                        || rest.starts_with('{')
                         || rest.starts_with("_bucket{")
                         || rest.starts_with("_sum ")
                         || rest.starts_with("_count ")
@@ -512,7 +483,20 @@ mod tests {
         m.table_size(100, 20, 200); // gauges are replaced, not added
         m.services(12);
         m.queued(1_700_000_000.25);
+        m.no_local_endpoints(3, 1);
+        m.changes_pending(2, 5);
         let text = m.render();
+
+        assert_eq!(
+            family(&text, "kubeproxy_sync_proxy_rules_no_local_endpoints_total"),
+            [
+                "# HELP kubeproxy_sync_proxy_rules_no_local_endpoints_total Number of services \
+                 with a Local traffic policy and no endpoints",
+                "# TYPE kubeproxy_sync_proxy_rules_no_local_endpoints_total gauge",
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"} 3",
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 1",
+            ]
+        );
 
         let sample = |name: &str| -> String {
             let lines = family(&text, name);
@@ -553,6 +537,14 @@ mod tests {
         assert_eq!(sample("svcnft_table_rules"), "svcnft_table_rules 200");
         assert_eq!(sample("svcnft_services"), "svcnft_services 12");
         assert_eq!(
+            sample("kubeproxy_sync_proxy_rules_service_changes_pending"),
+            "kubeproxy_sync_proxy_rules_service_changes_pending 2"
+        );
+        assert_eq!(
+            sample("kubeproxy_sync_proxy_rules_endpoint_changes_pending"),
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending 5"
+        );
+        assert_eq!(
             sample("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"),
             "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds 1700000000.25"
         );
@@ -577,19 +569,11 @@ mod tests {
             .map(|l| l.split(' ').next().unwrap())
             .collect();
         assert_eq!(helps, types);
-        assert_eq!(helps.len(), 16);
+        // Ours and kube-proxy's, and the six process metrics.
+        assert_eq!(helps.len(), 19 + 6);
         let mut unique = helps.clone();
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), helps.len());
-    }
-
-    #[test]
-    fn special_numbers() {
-        assert_eq!(number(f64::INFINITY), "+Inf");
-        assert_eq!(number(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(number(f64::NAN), "NaN");
-        assert_eq!(number(0.1), "0.1");
-        assert_eq!(number(3.0), "3");
     }
 }

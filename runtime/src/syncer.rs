@@ -5,7 +5,7 @@
 use crate::engine::{Engine, Route};
 use crate::health::{ProxyHealth, ServiceHealth, ServiceHealthEntry};
 use crate::metrics::Metrics;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -48,6 +48,10 @@ pub struct Syncer {
     /// Changes since the last successful sync.
     services_changed: u64,
     endpoints_changed: u64,
+    /// The objects those changes were to (hashes of their ids), for the `_pending` gauges:
+    /// kube-proxy counts what waits, not how often it changed.
+    pending_services: HashSet<u64>,
+    pending_endpoints: HashSet<u64>,
     /// When changes to endpoints were triggered (EndpointSlice
     /// `endpoints.kubernetes.io/last-change-trigger-time`), for network programming latency.
     triggers: Vec<SystemTime>,
@@ -70,6 +74,13 @@ fn milliseconds(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
+fn hash(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -87,20 +98,31 @@ impl Syncer {
             last_full: Instant::now(),
             services_changed: 0,
             endpoints_changed: 0,
+            pending_services: HashSet::new(),
+            pending_endpoints: HashSet::new(),
             triggers: Vec::new(),
             rejected: HashMap::new(),
             starting: Some(Instant::now()),
         }
     }
 
-    fn queued(&mut self, service: bool) {
-        if service {
-            self.services_changed += 1;
+    /// A change queued for the next sync, to the object `id` (none for the node's facts).
+    fn queued(&mut self, service: bool, id: Option<&str>) {
+        let (count, pending) = if service {
+            (&mut self.services_changed, &mut self.pending_services)
         } else {
-            self.endpoints_changed += 1;
-        }
+            (&mut self.endpoints_changed, &mut self.pending_endpoints)
+        };
+        *count += 1;
+        pending.extend(id.map(hash));
         self.observers.health.queued();
         self.observers.metrics.queued(unix(SystemTime::now()));
+        self.report_pending();
+    }
+
+    fn report_pending(&self) {
+        let (services, endpoints) = (self.pending_services.len(), self.pending_endpoints.len());
+        self.observers.metrics.changes_pending(services, endpoints);
     }
 
     /// Take in an added or changed object. A rejected one is logged (naming it and the
@@ -135,7 +157,7 @@ impl Syncer {
         self.observers.metrics.rejected_now(self.rejected.len());
         self.triggers.extend(trigger);
         let service = matches!(obj.resource, svc_nft_compiler::Resource::Service(_));
-        self.queued(service);
+        self.queued(service, Some(&id));
     }
 
     /// Forget an object (`kind`: Service, EndpointSlice or Endpoints).
@@ -145,17 +167,18 @@ impl Syncer {
             namespace: namespace.to_string(),
             name: name.to_string(),
         };
-        if self.rejected.remove(&id.to_string()).is_some() {
+        let id = id.to_string();
+        if self.rejected.remove(&id).is_some() {
             self.observers.metrics.rejected_now(self.rejected.len());
         }
         if self.state.remove(kind, namespace, name) {
-            self.queued(kind == "Service");
+            self.queued(kind == "Service", Some(&id));
         }
     }
 
     pub fn set_node(&mut self, node: &NodeFacts) {
         self.state.set_node(node);
-        self.queued(true);
+        self.queued(true, None);
     }
 
     /// Whether changes wait for a sync.
@@ -210,6 +233,9 @@ impl Syncer {
                 metrics.conntrack_deleted(s.conntrack_deleted);
                 metrics.service_changes(std::mem::take(&mut self.services_changed));
                 metrics.endpoint_changes(std::mem::take(&mut self.endpoints_changed));
+                self.pending_services.clear();
+                self.pending_endpoints.clear();
+                self.report_pending();
                 for t in self.triggers.drain(..) {
                     let latency = now.duration_since(t).unwrap_or_default();
                     metrics.network_programming(latency.as_secs_f64());
@@ -229,8 +255,14 @@ impl Syncer {
         }
         let shape = self.state.shape();
         let rules = shape.chains.values().map(|c| c.rules.len()).sum();
-        metrics.table_size(self.state.elements(), shape.chains.len(), rules);
+        // The shape holds elements of its own (the cluster and service CIDRs): count what
+        // the kernel holds.
+        let fixed: usize = shape.sets.values().map(|s| s.elements.len()).sum();
+        let elements = self.state.elements() + fixed;
+        metrics.table_size(elements, shape.chains.len(), rules);
         metrics.services(self.state.services());
+        let no_local = self.state.no_local_endpoints();
+        metrics.no_local_endpoints(no_local.internal, no_local.external);
         self.serve_health_checks();
     }
 

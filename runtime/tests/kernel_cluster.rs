@@ -301,10 +301,213 @@ fn health_check_node_ports_follow_local_endpoints() {
     eventually("200 with a local endpoint", || {
         check().is_some_and(|(s, b)| s == 200 && b.contains("\"localEndpoints\":1"))
     });
+    // Its only local endpoint terminating, still serving: kube-proxy drains the node.
+    let mut draining = slice("lb", "10.244.1.2", "node-a");
+    let conditions = json!({"ready": false, "serving": true, "terminating": true});
+    merge(
+        &mut draining["endpoints"][0],
+        json!({"conditions": conditions}),
+    );
+    api.apply(draining);
+    eventually("503 with only a terminating endpoint", || {
+        check().is_some_and(|(s, b)| s == 503 && b.contains("\"localEndpoints\":0"))
+    });
+    api.apply(slice("lb", "10.244.1.2", "node-a"));
+    eventually("200 again once it is ready", || {
+        check().is_some_and(|(s, b)| s == 200 && b.contains("\"localEndpoints\":1"))
+    });
     api.apply(slice("lb", "10.244.1.2", "node-b"));
     eventually("503 without one", || {
         check().is_some_and(|(s, b)| s == 503 && b.contains("\"localEndpoints\":0"))
     });
     api.delete("Service", Some("t"), "lb");
     eventually("the port closes with the Service", || check().is_none());
+}
+
+/// `/healthz` and `/livez` from inside the node namespace: status and JSON body.
+fn probe(ns: &Netns, path: &str) -> Option<(u16, Value)> {
+    let (status, body) = get(ns, "127.0.0.1:10256", path)?;
+    let body = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    Some((status, body))
+}
+
+#[test]
+fn healthz_fails_while_the_node_is_on_its_way_out() {
+    if !netns::require() {
+        return;
+    }
+    let (k, api) = cluster_with_api();
+    let node = &k.lab.node;
+    let node_object = |extra: Value| {
+        let mut object = json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "198.51.100.1"}]}
+        });
+        merge(&mut object, extra);
+        object
+    };
+    api.apply(node_object(json!({})));
+    let _agent = Agent::start(node, &api);
+    let eligible = |want: bool| {
+        let (healthz, livez) = (probe(node, "/healthz"), probe(node, "/livez"));
+        let (Some((healthz, h)), Some((livez, l))) = (healthz, livez) else {
+            return false;
+        };
+        // The proxy itself stays healthy and alive (KEP-3836): only /healthz tells load
+        // balancers to go, and only /healthz carries nodeEligible.
+        let healthy = h["healthy"] == true && l["healthy"] == true && livez == 200;
+        let families = ["IPv4", "IPv6"]
+            .iter()
+            .all(|f| h["status"][f]["healthy"] == true);
+        let expected = if want { 200 } else { 503 };
+        healthy
+            && families
+            && healthz == expected
+            && h["nodeEligible"] == want
+            && l.get("nodeEligible").is_none()
+    };
+    eventually("/healthz 200 for an eligible node", || eligible(true));
+
+    let taint = json!({"key": "ToBeDeletedByClusterAutoscaler", "value": "1767225600",
+                       "effect": "NoSchedule"});
+    api.apply(node_object(json!({"spec": {"taints": [taint]}})));
+    eventually("/healthz 503 once the autoscaler marks the node", || {
+        eligible(false)
+    });
+    api.apply(node_object(json!({})));
+    eventually("/healthz 200 again without the taint", || eligible(true));
+
+    let deleted = json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z",
+                                      "finalizers": ["example.com/hold"]}});
+    api.apply(node_object(deleted));
+    eventually("/healthz 503 while the node is being deleted", || {
+        eligible(false)
+    });
+}
+
+/// `/metrics`, read by a Prometheus text-format parser, which must have understood every
+/// line: each family documented and typed, each sample line a sample (a histogram's
+/// buckets are one).
+fn scrape(ns: &Netns) -> Option<prometheus_parse::Scrape> {
+    let (status, text) = get(ns, "127.0.0.1:10249", "/metrics")?;
+    assert_eq!(status, 200, "{text}");
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("parses");
+    let typed: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' '))
+        .collect();
+    let histograms: Vec<&str> = typed
+        .iter()
+        .filter(|(_, kind)| *kind == "histogram")
+        .map(|(name, _)| *name)
+        .collect();
+    let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+    let buckets = text.lines().filter(|l| l.contains("_bucket{")).count();
+    assert_eq!(
+        scrape.samples.len(),
+        samples - buckets + histograms.len(),
+        "a sample line was not understood:\n{text}"
+    );
+    for (name, kind) in &typed {
+        assert!(scrape.docs.contains_key(*name), "{name}: no HELP");
+        let of_kind = |s: &&prometheus_parse::Sample| {
+            use prometheus_parse::Value::{Counter, Gauge, Histogram};
+            match (&s.value, *kind) {
+                (Counter(_), "counter") | (Gauge(_), "gauge") => true,
+                (Histogram(h), "histogram") => !h.is_empty(),
+                _ => false,
+            }
+        };
+        let found = scrape.samples.iter().filter(|s| s.metric == *name);
+        assert!(found.clone().count() > 0, "{name}: no sample");
+        assert!(
+            found.into_iter().all(|s| of_kind(&s)),
+            "{name}: not a {kind}"
+        );
+    }
+    Some(scrape)
+}
+
+/// The value of `name`'s sample with `label` (`("", "")` for none).
+fn value(scrape: &prometheus_parse::Scrape, name: &str, label: (&str, &str)) -> f64 {
+    use prometheus_parse::Value::{Counter, Gauge, Untyped};
+    let sample = scrape.samples.iter().find(|s| {
+        s.metric == name && (label.0.is_empty() || s.labels.get(label.0) == Some(label.1))
+    });
+    match sample.map(|s| &s.value) {
+        Some(Counter(v) | Gauge(v) | Untyped(v)) => *v,
+        other => panic!("{name}{label:?}: {other:?}"),
+    }
+}
+
+/// Set and map elements in the node's table, as the kernel lists them.
+fn kernel_elements(ns: &Netns) -> usize {
+    let listing: Value = serde_json::from_str(&ns.nft_list("-j list table inet svc-nft")).unwrap();
+    let items = listing["nftables"].as_array().unwrap();
+    let elems = items.iter().filter_map(|i| i.get("set").or(i.get("map")));
+    elems
+        .map(|s| s["elem"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+#[test]
+fn metrics_parse_and_count_what_the_kernel_holds() {
+    if !netns::require() {
+        return;
+    }
+    let (k, api) = cluster_with_api();
+    let node = &k.lab.node;
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "198.51.100.1"}]}
+    }));
+    let _agent = Agent::start(node, &api);
+    // Two Local policies whose only endpoints are elsewhere, and a Service with none at
+    // all (REJECTed, so not counted).
+    let internal = json!({"spec": {"internalTrafficPolicy": "Local"}});
+    api.apply(service("in", "10.96.5.3", internal));
+    api.apply(slice("in", "10.244.1.2", "node-b"));
+    let external = json!({"spec": {"type": "NodePort", "externalTrafficPolicy": "Local",
+                                   "ports": [{"port": 80, "targetPort": 8080,
+                                              "nodePort": 30081, "protocol": "TCP"}]}});
+    api.apply(service("out", "10.96.5.4", external));
+    api.apply(slice("out", "10.244.2.2", "node-b"));
+    api.apply(service("none", "10.96.5.5", json!({})));
+
+    let no_local = |s: &prometheus_parse::Scrape, policy| {
+        value(
+            s,
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+            ("traffic_policy", policy),
+        )
+    };
+    eventually("one port each without local endpoints", || {
+        scrape(node)
+            .is_some_and(|s| no_local(&s, "internal") == 1.0 && no_local(&s, "external") == 1.0)
+    });
+    // The table's size counts what the kernel holds, the cluster and service CIDRs too.
+    eventually("svcnft_table_elements as the kernel lists", || {
+        let s = scrape(node).expect("metrics answer");
+        value(&s, "svcnft_table_elements", ("", "")) == kernel_elements(node) as f64
+    });
+
+    let s = scrape(node).expect("metrics answer");
+    for pending in ["service", "endpoint"] {
+        let name = format!("kubeproxy_sync_proxy_rules_{pending}_changes_pending");
+        assert_eq!(value(&s, &name, ("", "")), 0.0, "{name} after the sync");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = value(&s, "process_start_time_seconds", ("", ""));
+    assert!(
+        start <= now && now - start < 3600.0,
+        "started at {start}, now {now}"
+    );
+    assert!(value(&s, "process_resident_memory_bytes", ("", "")) > 1e6);
+    assert!(value(&s, "process_cpu_seconds_total", ("", "")) > 0.0);
+    let fds = value(&s, "process_open_fds", ("", ""));
+    assert!(fds >= 3.0 && fds <= value(&s, "process_max_fds", ("", "")));
 }

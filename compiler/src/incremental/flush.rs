@@ -2,9 +2,10 @@
 //! the whole table when asked.
 
 use super::clashes::Before;
-use super::{Delta, Incremental, Inputs};
+use super::{Delta, Incremental, Inputs, NoLocalEndpoints};
 use crate::chains::{self, Pick};
 use crate::diagnostic::Diagnostic;
+use crate::endpoints;
 use crate::family::{Ipf, FAMILIES};
 use crate::layout::{self, endpoints_map, Contribution};
 use crate::model::ServiceName;
@@ -87,6 +88,9 @@ impl Incremental {
             self.count(&Contribution::of(&ports), Sign::Remove, Some(change));
         }
         self.health.remove(name);
+        if let Some(gone) = self.no_local.remove(name) {
+            self.no_local_total.subtract(gone);
+        }
         let mut notes_changed = self.notes.remove(name).is_some();
         if let Some(new) = self.inputs(name) {
             let expanded = self.expand(name, &new);
@@ -147,6 +151,8 @@ impl Incremental {
         self.udp_endpoints.clear();
         self.elements = 0;
         self.health.clear();
+        self.no_local.clear();
+        self.no_local_total = NoLocalEndpoints::default();
         let old = std::mem::take(&mut self.claims);
         let mut diagnostics = Vec::new();
         // In rank order, each Service's claims are settled once it has made them.
@@ -198,9 +204,13 @@ impl Incremental {
         change: Option<&mut Change>,
     ) -> Contribution {
         if let Some(port) = inputs.info.health_check_node_port {
-            let local = expanded.ports.iter().map(|p| p.endpoints.local.len());
-            self.health
-                .insert(name.clone(), (port, local.max().unwrap_or(0)));
+            let local = endpoints::local_ready(&inputs.slices, &self.node);
+            self.health.insert(name.clone(), (port, local));
+        }
+        let no_local = NoLocalEndpoints::of(&expanded.ports);
+        if no_local != NoLocalEndpoints::default() {
+            self.no_local_total.add(no_local);
+            self.no_local.insert(name.clone(), no_local);
         }
         if !expanded.notes.is_empty() {
             self.notes.insert(name.clone(), expanded.notes);

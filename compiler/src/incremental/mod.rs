@@ -154,8 +154,11 @@ pub struct Incremental {
     udp_endpoints: HashMap<(IpAddr, u16), u32>,
     /// Elements the Services put in the table.
     elements: usize,
-    /// Services with a health-check NodePort: the port and the local endpoints.
+    /// Services with a health-check NodePort: the port and the ready local endpoints.
     health: BTreeMap<ServiceName, (u16, usize)>,
+    /// Services with Local-policy ports that have no local endpoint, and their sum.
+    no_local: BTreeMap<ServiceName, NoLocalEndpoints>,
+    no_local_total: NoLocalEndpoints,
     /// The node's facts changed: the next flush rebuilds everything.
     node_changed: bool,
     /// Namespaces and names, each held once however many Services, endpoints and claims use
@@ -163,13 +166,52 @@ pub struct Incremental {
     strings: HashSet<Arc<str>>,
 }
 
-/// A Service's health-check NodePort and how many endpoints it has on this node.
+/// A Service's health-check NodePort and how many ready endpoints it has on this node
+/// (distinct addresses, terminating ones not counted).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {
     pub namespace: String,
     pub name: String,
     pub port: u16,
     pub local_endpoints: usize,
+}
+
+/// Service ports whose Local traffic policy finds no endpoint on this node while the
+/// Service has endpoints elsewhere: their traffic of that kind is dropped here. kube-proxy's
+/// `sync_proxy_rules_no_local_endpoints_total{traffic_policy}`, counted per Service port and
+/// cluster IP family as its per-family proxiers do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoLocalEndpoints {
+    /// `internalTrafficPolicy: Local`: cluster IP traffic dropped.
+    pub internal: usize,
+    /// `externalTrafficPolicy: Local`, on ports with external frontends: traffic from
+    /// outside the cluster dropped.
+    pub external: usize,
+}
+
+impl NoLocalEndpoints {
+    fn of(ports: &[layout::ServicePort]) -> NoLocalEndpoints {
+        let starved = ports
+            .iter()
+            .filter(|p| p.endpoints.any && p.endpoints.local.is_empty());
+        let mut counts = NoLocalEndpoints::default();
+        for p in starved {
+            counts.internal += usize::from(p.internal_local);
+            let outside = !p.external.is_empty() || !p.load_balancers.is_empty();
+            counts.external += usize::from(p.external_local && outside);
+        }
+        counts
+    }
+
+    fn add(&mut self, other: NoLocalEndpoints) {
+        self.internal += other.internal;
+        self.external += other.external;
+    }
+
+    fn subtract(&mut self, other: NoLocalEndpoints) {
+        self.internal -= other.internal;
+        self.external -= other.external;
+    }
 }
 
 /// What one [`Incremental::flush`] changed.
@@ -207,6 +249,8 @@ impl Incremental {
             udp_endpoints: HashMap::new(),
             elements: 0,
             health: BTreeMap::new(),
+            no_local: BTreeMap::new(),
+            no_local_total: NoLocalEndpoints::default(),
             node_changed: false,
             strings: HashSet::new(),
         }
@@ -253,6 +297,11 @@ impl Incremental {
                 local_endpoints,
             })
             .collect()
+    }
+
+    /// Local-policy Service ports without a local endpoint, as of the last flush.
+    pub fn no_local_endpoints(&self) -> NoLocalEndpoints {
+        self.no_local_total
     }
 
     /// Change the node's facts; the next flush rebuilds everything if they differ.

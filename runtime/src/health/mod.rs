@@ -14,6 +14,8 @@ pub use service::{
 };
 
 use k8s_openapi::api::core::v1::Node;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -197,40 +199,68 @@ impl ProxyHealth {
     }
 
     /// The `/healthz` answer: 200 when healthy and the node eligible, else 503, with
-    /// kube-proxy's body. As in kube-proxy, a healthy answer reports now as `lastUpdated`
-    /// (older releases updated it on every loop, even without changes).
+    /// kube-proxy's body (see [`Body`]).
     pub fn status(&self, now: Timestamp) -> (u16, String) {
         let node_eligible = self.node_eligible();
-        let (healthy, last_updated) = self.health(now);
-        let (code, last_updated) = if healthy && node_eligible {
-            (200, Some(now.wall))
-        } else {
-            (503, last_updated)
-        };
-        let body = format!(
-            "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\", \"nodeEligible\": {}}}",
-            rfc3339_or_zero(last_updated),
-            rfc3339(now.wall),
-            node_eligible
-        );
-        (code, body)
+        self.answer(now, Some(node_eligible))
     }
 
-    /// The `/livez` answer: [`status`](Self::status) without the node's eligibility.
+    /// The `/livez` answer: [`status`](Self::status) without the node's eligibility, as
+    /// KEP-3836 has it: a node being drained is still alive.
     pub fn livez_status(&self, now: Timestamp) -> (u16, String) {
-        let (healthy, last_updated) = self.health(now);
-        let (code, last_updated) = if healthy {
-            (200, Some(now.wall))
-        } else {
-            (503, last_updated)
-        };
-        let body = format!(
-            "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\"}}",
-            rfc3339_or_zero(last_updated),
-            rfc3339(now.wall)
-        );
-        (code, body)
+        self.answer(now, None)
     }
+
+    fn answer(&self, now: Timestamp, node_eligible: Option<bool>) -> (u16, String) {
+        let (healthy, last_updated) = self.health(now);
+        let ok = healthy && node_eligible != Some(false);
+        // As in kube-proxy, a healthy answer reports now as the top-level `lastUpdated`
+        // (older releases updated it on every loop, even without changes); the per-family
+        // entries keep the real time.
+        let top = if ok { Some(now.wall) } else { last_updated };
+        let status = last_updated.map(|at| FamilyHealth {
+            last_updated: rfc3339(at),
+            healthy,
+        });
+        let body = Body {
+            last_updated: rfc3339_or_zero(top),
+            current_time: rfc3339(now.wall),
+            node_eligible,
+            healthy,
+            status: status
+                .map(|s| IP_FAMILIES.map(|f| (f, s.clone())).into())
+                .unwrap_or_default(),
+        };
+        let body = serde_json::to_string(&body).expect("plain strings and booleans");
+        (if ok { 200 } else { 503 }, body)
+    }
+}
+
+/// The families kube-proxy reports in `status` (kubernetes PR #129271): it runs one proxier
+/// per family; svc-nft's one `inet` table and one sync serve both, so both always read alike.
+const IP_FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
+
+/// kube-proxy's `ProxyHealth` JSON, field for field and in its order.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Body {
+    last_updated: String,
+    current_time: String,
+    /// Only on `/healthz`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_eligible: Option<bool>,
+    /// The proxy's own health: the node's eligibility is not part of it.
+    healthy: bool,
+    /// Empty (left out) until the first sync.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    status: BTreeMap<&'static str, FamilyHealth>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FamilyHealth {
+    last_updated: String,
+    healthy: bool,
 }
 
 #[cfg(test)]
@@ -349,8 +379,8 @@ mod tests {
         assert_eq!(code, 503);
         assert_eq!(
             body,
-            "{\"lastUpdated\": \"0001-01-01T00:00:00Z\",\"currentTime\": \
-             \"2023-11-14T22:14:20Z\", \"nodeEligible\": true}"
+            "{\"lastUpdated\":\"0001-01-01T00:00:00Z\",\"currentTime\":\
+             \"2023-11-14T22:14:20Z\",\"nodeEligible\":true,\"healthy\":false}"
         );
     }
 
@@ -359,36 +389,43 @@ mod tests {
         let (h, at) = proxy();
         h.updated_at(at(0));
 
-        // Healthy: lastUpdated reads as now.
+        // Healthy: the top-level lastUpdated reads as now, each family's is the real one.
         let (code, body) = h.status(at(30));
         assert_eq!(code, 200);
+        let family = "{\"lastUpdated\":\"2023-11-14T22:13:20Z\",\"healthy\":true}";
         assert_eq!(
             body,
-            "{\"lastUpdated\": \"2023-11-14T22:13:50Z\",\"currentTime\": \
-             \"2023-11-14T22:13:50Z\", \"nodeEligible\": true}"
+            format!(
+                "{{\"lastUpdated\":\"2023-11-14T22:13:50Z\",\"currentTime\":\
+                 \"2023-11-14T22:13:50Z\",\"nodeEligible\":true,\"healthy\":true,\
+                 \"status\":{{\"IPv4\":{family},\"IPv6\":{family}}}}}"
+            )
         );
         let (code, body) = h.livez_status(at(30));
         assert_eq!(code, 200);
         assert_eq!(
             body,
-            "{\"lastUpdated\": \"2023-11-14T22:13:50Z\",\"currentTime\": \"2023-11-14T22:13:50Z\"}"
+            format!(
+                "{{\"lastUpdated\":\"2023-11-14T22:13:50Z\",\"currentTime\":\
+                 \"2023-11-14T22:13:50Z\",\"healthy\":true,\
+                 \"status\":{{\"IPv4\":{family},\"IPv6\":{family}}}}}"
+            )
         );
 
-        // Hung: the real last update shows.
+        // Hung: the real last update shows, and every family is unhealthy.
         h.queued_at(at(40));
         let (code, body) = h.status(at(100));
         assert_eq!(code, 503);
-        assert_eq!(
-            body,
-            "{\"lastUpdated\": \"2023-11-14T22:13:20Z\",\"currentTime\": \
-             \"2023-11-14T22:15:00Z\", \"nodeEligible\": true}"
-        );
-        assert_eq!(h.livez_status(at(100)).0, 503);
-
-        // Every body is JSON with kube-proxy's keys.
         let v = json(&body);
-        assert_eq!(v["nodeEligible"], true);
         assert_eq!(v["lastUpdated"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["currentTime"], "2023-11-14T22:15:00Z");
+        assert_eq!(v["nodeEligible"], true);
+        assert_eq!(v["healthy"], false);
+        for family in ["IPv4", "IPv6"] {
+            assert_eq!(v["status"][family]["healthy"], false);
+            assert_eq!(v["status"][family]["lastUpdated"], "2023-11-14T22:13:20Z");
+        }
+        assert_eq!(h.livez_status(at(100)).0, 503);
     }
 
     #[test]
@@ -401,10 +438,14 @@ mod tests {
         assert_eq!(code, 503);
         let v = json(&body);
         assert_eq!(v["nodeEligible"], false);
+        // The proxy itself is healthy: only the node is on its way out.
+        assert_eq!(v["healthy"], true);
         // Never updated and not healthy-by-eligibility: the zero time shows.
         assert_eq!(v["lastUpdated"], ZERO_TIME);
         // /livez and the proxy's own health ignore it.
-        assert_eq!(h.livez_status(at(5)).0, 200);
+        let (code, body) = h.livez_status(at(5));
+        assert_eq!(code, 200);
+        assert_eq!(json(&body).get("nodeEligible"), None);
         assert!(h.is_healthy_at(at(5)));
         h.set_node_eligible(true);
         assert_eq!(h.status(at(5)).0, 200);
