@@ -95,6 +95,22 @@ fn cluster_ip() {
         "dnat",
         &masq,
     );
+    // --masquerade-all is for cluster IPs: a pod short-circuited from an
+    // externalTrafficPolicy: Local frontend keeps its address; external clients of it too.
+    let all = ["10.244.1.2:8080 0.5 masq", "10.244.2.2:8080 0.5 masq"];
+    check("masquerade-all", "10.244.9.2", "10.96.1.2:80", "dnat", &all);
+    let short = ["10.244.1.2:8080 0.5", "10.244.2.2:8080 0.5"];
+    for to in ["203.0.113.2:80", "198.51.100.1:30002"] {
+        check("masquerade-all", "10.244.9.2", to, "dnat", &short);
+    }
+    let local = ["10.244.1.2:8080 1.0"];
+    check(
+        "masquerade-all",
+        "192.0.2.2",
+        "203.0.113.2:80",
+        "dnat",
+        &local,
+    );
     check(
         "redis-clusterip",
         "10.244.9.2",
