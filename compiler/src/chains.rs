@@ -17,8 +17,9 @@ pub const MASQUERADE_MARK: u32 = 0x4000;
 /// the same kind, family, protocol and endpoint counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Pick {
-    /// Traffic to a cluster IP: masquerade only off-cluster clients (or all, with
-    /// `--masquerade-all`); `local`: this node's endpoints (`internalTrafficPolicy: Local`).
+    /// Traffic to a cluster IP, and what `ExternalLocal` short-circuits: masquerade only
+    /// off-cluster clients (with `--masquerade-all`, every client of a cluster IP); `local`:
+    /// this node's endpoints (`internalTrafficPolicy: Local`).
     Internal { local: bool, n: usize },
     /// External traffic with `externalTrafficPolicy: Cluster`: always masqueraded.
     External { n: usize },
@@ -157,7 +158,10 @@ fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> Chain {
         Pick::Internal { local, n } => {
             let has_cluster_cidr = f.prefixes(&node.cluster_cidrs).next().is_some();
             if node.masquerade_all {
-                rules.push(rule(vec![set_mark()]));
+                // Only traffic to a cluster IP, as kube-proxy: pods short-circuited here from
+                // an `externalTrafficPolicy: Local` frontend keep their address.
+                let to_cluster_ip = Stmt::matches(f.daddr(), Expr::SetRef(f.name("cluster-ips")));
+                rules.push(rule(vec![to_cluster_ip, set_mark()]));
             } else if has_cluster_cidr {
                 let off_cluster = Stmt::differs(f.saddr(), Expr::SetRef(f.name("cluster-cidrs")));
                 rules.push(rule(vec![off_cluster, set_mark()]));

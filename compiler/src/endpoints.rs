@@ -1,12 +1,13 @@
 //! Which endpoints a Service port uses on this node (kube-proxy's CategorizeEndpoints).
 //!
-//! - Cluster-wide: the ready endpoints, narrowed to this node's zone when topology hints
-//!   allow; if none is ready, the serving and terminating ones (KEP-1669), whatever the zone.
+//! - Cluster-wide: the ready endpoints, narrowed by topology hints to this node's or this
+//!   zone's when the hints allow; if none is ready, the serving and terminating ones
+//!   (KEP-1669), whatever the hints.
 //! - Local (this node's, for `Local` traffic policies): the local ready ones, else the local
 //!   serving and terminating ones. Topology never applies to them.
 //! - Not-serving endpoints are never used.
 
-use crate::model::{EndpointInfo, Port, SliceInfo};
+use crate::model::{EndpointInfo, Hints, Port, SliceInfo};
 use crate::node::NodeFacts;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -52,8 +53,13 @@ pub fn choose(slices: &[SliceInfo], v6: bool, port: &Port, node: &NodeFacts) -> 
             .collect()
     };
 
-    let zone = in_zone(&candidates, node);
-    let mut cluster = pick(&|ep| ep.ready && zone(ep));
+    let ready: Vec<&EndpointInfo> = candidates
+        .iter()
+        .map(|(ep, _)| *ep)
+        .filter(|ep| ep.ready)
+        .collect();
+    let topology = Topology::of(&ready, node);
+    let mut cluster = pick(&|ep| ep.ready && topology.allows(ep));
     if cluster.is_empty() {
         cluster = pick(&fallback);
     }
@@ -87,19 +93,47 @@ pub fn local_ready(slices: &[SliceInfo], node: &NodeFacts) -> usize {
     ready.map(|ep| ep.ip).collect::<BTreeSet<IpAddr>>().len()
 }
 
-/// The topology filter: keep endpoints hinted for this node's zone, when the node has a zone,
-/// every ready endpoint carries zone hints and at least one is for this zone (otherwise the
-/// hints are not trusted and every endpoint is kept).
-fn in_zone<'a>(
-    candidates: &[(&EndpointInfo, u16)],
-    node: &'a NodeFacts,
-) -> impl Fn(&EndpointInfo) -> bool + 'a {
-    let hinted = |ep: &EndpointInfo, zone: &str| ep.zones.iter().flatten().any(|z| &**z == zone);
-    let ready = || candidates.iter().map(|(ep, _)| *ep).filter(|ep| ep.ready);
-    let usable = node.zone.as_deref().is_some_and(|zone| {
-        ready().all(|ep| ep.zones.is_some()) && ready().any(|ep| hinted(ep, zone))
-    });
-    move |ep: &EndpointInfo| !usable || hinted(ep, node.zone.as_deref().unwrap_or_default())
+/// Which ready endpoints topology hints leave to this node (kube-proxy's
+/// topologyModeFromHints and availableForTopology). Only the hints decide: the EndpointSlice
+/// controller has already turned the Service's trafficDistribution into them.
+#[derive(Clone, Copy)]
+enum Topology<'a> {
+    Everywhere,
+    SameNode(&'a str),
+    SameZone(&'a str),
+}
+
+impl<'a> Topology<'a> {
+    /// Node hints first, then zone hints; a kind of hint is trusted only when every ready
+    /// endpoint has it and one names this node (its zone): otherwise a node or zone would
+    /// be left without endpoints, or all of its clients sent to one of them.
+    fn of(ready: &[&EndpointInfo], node: &'a NodeFacts) -> Topology<'a> {
+        let trusted = |hints: fn(&EndpointInfo) -> &Hints, name: Option<&'a str>| {
+            name.filter(|name| {
+                ready.iter().all(|ep| hints(ep).is_some())
+                    && ready.iter().any(|ep| names(hints(ep), name))
+            })
+        };
+        if let Some(name) = trusted(|ep| &ep.nodes, node.node_name.as_deref()) {
+            Topology::SameNode(name)
+        } else if let Some(zone) = trusted(|ep| &ep.zones, node.zone.as_deref()) {
+            Topology::SameZone(zone)
+        } else {
+            Topology::Everywhere
+        }
+    }
+
+    fn allows(self, ep: &EndpointInfo) -> bool {
+        match self {
+            Topology::Everywhere => true,
+            Topology::SameNode(name) => names(&ep.nodes, name),
+            Topology::SameZone(zone) => names(&ep.zones, zone),
+        }
+    }
+}
+
+fn names(hints: &Hints, name: &str) -> bool {
+    hints.iter().flatten().any(|h| &**h == name)
 }
 
 #[cfg(test)]
@@ -115,6 +149,7 @@ mod tests {
             terminating,
             node_name: Some(node.into()),
             zones: None,
+            nodes: None,
         }
     }
 

@@ -112,8 +112,20 @@ pub struct EndpointInfo {
     pub serving: bool,
     pub terminating: bool,
     pub node_name: Option<Arc<str>>,
-    /// `hints.forZones`; `None` when the endpoint has no zone hints.
-    pub zones: Option<Box<[Arc<str>]>>,
+    /// `hints.forNodes`: the nodes whose clients should use this endpoint.
+    pub nodes: Hints,
+    /// `hints.forZones`: the zones whose clients should use this endpoint.
+    pub zones: Hints,
+}
+
+/// Topology hints (node or zone names); `None` when there are none. An empty list is none,
+/// as kube-proxy reads it.
+pub type Hints = Option<Box<[Arc<str>]>>;
+
+fn hints<'a>(names: Option<impl ExactSizeIterator<Item = &'a str>>) -> Hints {
+    names
+        .filter(|names| names.len() > 0)
+        .map(|names| names.map(Arc::from).collect())
 }
 
 impl EndpointInfo {
@@ -125,6 +137,7 @@ impl EndpointInfo {
             serving: ready,
             terminating: false,
             node_name,
+            nodes: None,
             zones: None,
         }
     }
@@ -356,14 +369,17 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<SliceInfo>, Invali
         let conditions = ep.conditions.as_ref();
         // Unknown conditions count as ready and serving, not terminating (the API's reading).
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-        let zones = ep.hints.as_ref().and_then(|h| h.for_zones.as_ref());
+        let given = ep.hints.as_ref();
+        let nodes = given.and_then(|h| h.for_nodes.as_ref());
+        let zones = given.and_then(|h| h.for_zones.as_ref());
         endpoints.push(EndpointInfo {
             ip: addr,
             ready,
             serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
             node_name: ep.node_name.as_deref().map(Arc::from),
-            zones: zones.map(|z| z.iter().map(|z| Arc::from(z.name.as_str())).collect()),
+            nodes: hints(nodes.map(|n| n.iter().map(|n| n.name.as_str()))),
+            zones: hints(zones.map(|z| z.iter().map(|z| z.name.as_str()))),
         });
     }
     Ok(Some(SliceInfo {

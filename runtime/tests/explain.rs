@@ -95,6 +95,22 @@ fn cluster_ip() {
         "dnat",
         &masq,
     );
+    // --masquerade-all is for cluster IPs: a pod short-circuited from an
+    // externalTrafficPolicy: Local frontend keeps its address; external clients of it too.
+    let all = ["10.244.1.2:8080 0.5 masq", "10.244.2.2:8080 0.5 masq"];
+    check("masquerade-all", "10.244.9.2", "10.96.1.2:80", "dnat", &all);
+    let short = ["10.244.1.2:8080 0.5", "10.244.2.2:8080 0.5"];
+    for to in ["203.0.113.2:80", "198.51.100.1:30002"] {
+        check("masquerade-all", "10.244.9.2", to, "dnat", &short);
+    }
+    let local = ["10.244.1.2:8080 1.0"];
+    check(
+        "masquerade-all",
+        "192.0.2.2",
+        "203.0.113.2:80",
+        "dnat",
+        &local,
+    );
     check(
         "redis-clusterip",
         "10.244.9.2",
@@ -312,6 +328,19 @@ fn endpoint_conditions_topology_affinity() {
     );
     let partial = ["10.244.1.2:8080 0.5", "10.244.2.2:8080 0.5"];
     check("topology", "10.244.9.2", "10.96.1.13:80", "dnat", &partial);
+    // Node hints before zone hints; zone hints when no ready endpoint is for this node or
+    // one has no node hints; none when nothing is ready.
+    let pod = "10.244.9.2";
+    let same_node = ["10.244.1.2:8080 1.0"];
+    check("topology", pod, "10.96.1.14:80", "dnat", &same_node);
+    let same_zone = ["10.244.3.2:8080 1.0"];
+    check("topology", pod, "10.96.1.15:80", "dnat", &same_zone);
+    let same_zone = ["10.244.1.2:8080 0.5", "10.244.3.2:8080 0.5"];
+    check("topology", pod, "10.96.1.16:80", "dnat", &same_zone);
+    check("topology", pod, "10.96.1.17:80", "dnat", &partial);
+    // Hints are for this node's own choice, whoever the client.
+    let node = ["10.244.1.2:8080 1.0 masq"];
+    check("topology", "198.51.100.2", "10.96.1.14:80", "dnat", &node);
     // A first connection may go anywhere; affinity pins the ones after it.
     check(
         "session-affinity",

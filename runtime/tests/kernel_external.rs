@@ -1,11 +1,11 @@
 //! NodePorts, load-balancer and external IPs, traffic policies, endpoint conditions, topology
-//! and session affinity, proven by packets (fixture: `netns/cluster.rs`). This node is
-//! `node-a` in `zone-a` with IPs 198.51.100.1 and 2001:db8:51::1; b1's endpoints are on this
-//! node, b2's and b3's on others.
+//! (zone and node hints) and session affinity, proven by packets (fixture: `netns/cluster.rs`).
+//! This node is `node-a` in `zone-a` with IPs 198.51.100.1 and 2001:db8:51::1; b1's endpoints
+//! are on this node, b2's and b3's on others.
 
 mod netns;
 
-use netns::cluster::{answers, ip, pairs, Cluster, CIDRS};
+use netns::cluster::{answers, ip, pairs, service, Cluster, B1, B1_V6, B2, B2_V6, CIDRS};
 use netns::{tcp, Outcome};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,37 +29,32 @@ fn sock(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// A Service `name` in namespace t and its EndpointSlice(s): `spec` is the Service's spec
-/// (YAML flow), `extra` more Service fields (status), `endpoints` per family the list of
-/// endpoint flow mappings on port 8080.
-fn service(name: &str, spec: &str, extra: &str, v4: &[&str], v6: &[&str]) -> String {
-    let slice = |family: &str, eps: &[&str]| {
-        format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: {name}-{}, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-             addressType: {family}\nports: [{{port: 8080}}]\nendpoints: [{}]\n",
-            family.to_lowercase(),
-            eps.join(", ")
-        )
-    };
-    let mut out = format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\n\
-         spec: {spec}\n{extra}\n"
-    );
-    out += &slice("IPv4", v4);
-    if !v6.is_empty() {
-        out += &slice("IPv6", v6);
-    }
-    out
-}
-
-const B1: &str = "{addresses: [10.244.1.2], nodeName: node-a}";
-const B2: &str = "{addresses: [10.244.2.2], nodeName: node-b}";
-const B1_V6: &str = "{addresses: [\"fd00:244:1::2\"], nodeName: node-a}";
-const B2_V6: &str = "{addresses: [\"fd00:244:2::2\"], nodeName: node-b}";
-
 fn manifests() -> String {
     manifests_with_sticky(&[B1, B2])
+}
+
+/// b1, b3 and b2, and the hints the EndpointSlice controller gives them for a PreferSameNode
+/// Service: b1 is on this node (node-a), b3 on node-c in this zone, b2 on node-b in zone-b.
+const NEAR_V4: [&str; 3] = ["10.244.1.2", "10.244.3.2", "10.244.2.2"];
+const NEAR_V6: [&str; 3] = [
+    "\"fd00:244:1::2\"",
+    "\"fd00:244:3::2\"",
+    "\"fd00:244:2::2\"",
+];
+const NEAR: [(&str, &str); 3] = [
+    ("node-a", "zone-a"),
+    ("node-c", "zone-a"),
+    ("node-b", "zone-b"),
+];
+
+/// The endpoints at `addresses` on the nodes and zones of `placement`, hinted for them.
+fn hinted(addresses: &[&str], placement: &[(&str, &str)]) -> String {
+    let endpoint = |(address, (node, zone)): (&&str, &(&str, &str))| {
+        let hints = format!("{{forNodes: [{{name: {node}}}], forZones: [{{name: {zone}}}]}}");
+        format!("{{addresses: [{address}], nodeName: {node}, hints: {hints}}}")
+    };
+    let endpoints: Vec<String> = addresses.iter().zip(placement).map(endpoint).collect();
+    endpoints.join(", ")
 }
 
 /// The manifests, with `sticky`'s IPv4 endpoints given.
@@ -124,6 +119,20 @@ fn manifests_with_sticky(sticky: &[&str]) -> String {
                 "{addresses: [\"fd00:244:1::2\"], hints: {forZones: [{name: zone-a}]}}",
                 "{addresses: [\"fd00:244:2::2\"], hints: {forZones: [{name: zone-b}]}}",
             ],
+        ),
+        service(
+            "near",
+            &format!("{{trafficDistribution: PreferSameNode, {}, ports: [{{port: 80}}]}}", dual("10.96.1.13", "fd00:96::113")),
+            "",
+            &[&hinted(&NEAR_V4, &NEAR)],
+            &[&hinted(&NEAR_V6, &NEAR)],
+        ),
+        service(
+            "node-elsewhere",
+            &format!("{{trafficDistribution: PreferSameNode, {}, ports: [{{port: 80}}]}}", dual("10.96.1.14", "fd00:96::114")),
+            "",
+            &[&hinted(&NEAR_V4[1..], &NEAR[1..])],
+            &[&hinted(&NEAR_V6[1..], &NEAR[1..])],
         ),
         service(
             "sticky",
@@ -262,6 +271,16 @@ fn endpoint_conditions_and_topology() {
         k.agrees(Some(k.c1), "10.96.1.11:80", 12),
         pairs(&[("10.244.1.2", "10.244.9.2")])
     );
+    // Node hints first: only the endpoint for this node, though b3 is in this zone too.
+    assert_eq!(
+        k.agrees(Some(k.c1), "10.96.1.13:80", 12),
+        pairs(&[("10.244.1.2", "10.244.9.2")])
+    );
+    // None for this node: the zone hints decide.
+    assert_eq!(
+        k.agrees(Some(k.c1), "10.96.1.14:80", 12),
+        pairs(&[("10.244.3.2", "10.244.9.2")])
+    );
 }
 
 #[test]
@@ -328,6 +347,9 @@ fn the_same_over_ipv6() {
         tcp(k.ns(k.c1), sock("[fd00:96::110]:80"), T),
         Outcome::Refused
     );
-    // Zone hints.
+    // Zone hints; node hints before them; zone hints when none is for this node.
     assert_eq!(k.agrees(c1, "[fd00:96::111]:80", 12), b1("fd00:244:9::2"));
+    assert_eq!(k.agrees(c1, "[fd00:96::113]:80", 12), b1("fd00:244:9::2"));
+    let b3 = pairs(&[("fd00:244:3::2", "fd00:244:9::2")]);
+    assert_eq!(k.agrees(c1, "[fd00:96::114]:80", 12), b3);
 }

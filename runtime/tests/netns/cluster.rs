@@ -199,6 +199,36 @@ impl Cluster {
     }
 }
 
+/// b1 and b2 as endpoints: b1 is on this node (`node-a`), b2 on another.
+pub const B1: &str = "{addresses: [10.244.1.2], nodeName: node-a}";
+pub const B2: &str = "{addresses: [10.244.2.2], nodeName: node-b}";
+pub const B1_V6: &str = "{addresses: [\"fd00:244:1::2\"], nodeName: node-a}";
+pub const B2_V6: &str = "{addresses: [\"fd00:244:2::2\"], nodeName: node-b}";
+
+/// A Service `name` in namespace t and its EndpointSlice(s): `spec` is the Service's spec
+/// (YAML flow), `extra` more Service fields (status), `endpoints` per family the list of
+/// endpoint flow mappings on port 8080.
+pub fn service(name: &str, spec: &str, extra: &str, v4: &[&str], v6: &[&str]) -> String {
+    let slice = |family: &str, eps: &[&str]| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-{}, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: {family}\nports: [{{port: 8080}}]\nendpoints: [{}]\n",
+            family.to_lowercase(),
+            eps.join(", ")
+        )
+    };
+    let mut out = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\n\
+         spec: {spec}\n{extra}\n"
+    );
+    out += &slice("IPv4", v4);
+    if !v6.is_empty() {
+        out += &slice("IPv6", v6);
+    }
+    out
+}
+
 /// Run the real binary with `stdin`; it must succeed.
 fn run(args: &[&str], stdin: &str) -> String {
     run_program(env!("CARGO_BIN_EXE_svc-nft"), args, stdin)
