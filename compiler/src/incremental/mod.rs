@@ -17,6 +17,7 @@
 mod claims;
 mod clashes;
 mod flush;
+mod service_cidrs;
 
 use crate::diagnostic::{Diagnostic, ObjectId, Origin};
 use crate::layout;
@@ -28,6 +29,7 @@ use claims::Claims;
 use flush::{PickKey, RecorderKey};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use service_cidrs::ServiceCidrs;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -158,6 +160,8 @@ pub struct Incremental {
     health: BTreeMap<ServiceName, (u16, usize)>,
     /// The node's facts changed: the next flush rebuilds everything.
     node_changed: bool,
+    /// `--service-cidr` and the ServiceCIDR objects; `node.service_cidrs` holds them merged.
+    service_cidrs: ServiceCidrs,
     /// Namespaces and names, each held once however many Services, endpoints and claims use
     /// it.
     strings: HashSet<Arc<str>>,
@@ -208,6 +212,7 @@ impl Incremental {
             elements: 0,
             health: BTreeMap::new(),
             node_changed: false,
+            service_cidrs: ServiceCidrs::new(&node.service_cidrs),
             strings: HashSet::new(),
         }
     }
@@ -257,8 +262,10 @@ impl Incremental {
 
     /// Change the node's facts; the next flush rebuilds everything if they differ.
     pub fn set_node(&mut self, node: &NodeFacts) {
-        if *node != self.node {
-            self.node = node.clone();
+        let mut node = node.clone();
+        node.service_cidrs = self.set_service_cidr_flag(&node.service_cidrs);
+        if node != self.node {
+            self.node = node;
             self.node_changed = true;
         }
     }
@@ -292,6 +299,10 @@ impl Incremental {
                 };
                 Ok(self.set_source(key, Some(source)))
             }
+            Resource::ServiceCidr(cidr) => {
+                let nets = model::service_cidr(cidr).map_err(reject)?;
+                Ok(self.set_service_cidr(&id.name, Some(nets)))
+            }
             Resource::Endpoints(eps) => {
                 let key = source_id("Endpoints", &id.namespace, &id.name);
                 let skip = eps
@@ -313,7 +324,8 @@ impl Incremental {
         }
     }
 
-    /// Forget an object; whether it was known. `kind`: Service, EndpointSlice or Endpoints.
+    /// Forget an object; whether that changed the table. `kind`: Service, EndpointSlice,
+    /// Endpoints or ServiceCIDR.
     pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) -> bool {
         match kind {
             "Service" => {
@@ -323,6 +335,7 @@ impl Incremental {
             "EndpointSlice" | "Endpoints" => {
                 self.set_source(source_id(kind, namespace, name), None)
             }
+            "ServiceCIDR" => self.set_service_cidr(name, None),
             _ => false,
         }
     }
