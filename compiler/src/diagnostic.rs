@@ -63,15 +63,27 @@ impl ObjectId {
         };
         ObjectId {
             kind: kind.to_string(),
-            namespace: meta("namespace").unwrap_or_else(|| "default".into()),
+            namespace: ObjectId::namespace_of(kind, meta("namespace")),
             name: meta("name").unwrap_or_else(|| "<unnamed>".into()),
         }
+    }
+
+    /// The namespace an object of `kind` is in: none ("") for a cluster-scoped kind, else
+    /// the one it names or `default`.
+    pub fn namespace_of(kind: &str, named: Option<String>) -> String {
+        if kind == "ServiceCIDR" {
+            return String::new();
+        }
+        named.unwrap_or_else(|| "default".into())
     }
 }
 
 impl Display for ObjectId {
     fn fmt(&self, f: &mut Formatter) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        match self.namespace.as_str() {
+            "" => write!(f, "{} {}", self.kind, self.name),
+            namespace => write!(f, "{} {namespace}/{}", self.kind, self.name),
+        }
     }
 }
 

@@ -112,19 +112,30 @@ pub fn skeleton(node: &NodeFacts) -> Table {
     table
 }
 
+/// The service-CIDR set of each family, holding `cidrs`: a ServiceCIDR change rewrites only
+/// these.
+pub fn service_cidr_sets(cidrs: &[IpNet]) -> impl Iterator<Item = (String, Set)> + '_ {
+    FAMILIES
+        .into_iter()
+        .map(|f| (f.name("service-cidrs"), interval_set(f, cidrs)))
+}
+
+/// An interval set of addresses of family `f`, holding the prefixes of `nets` of that family.
+fn interval_set(f: Ipf, nets: &[IpNet]) -> Set {
+    let mut set = Set::keys(TypeSpec::Type(vec![f.addr_type()]));
+    set.flags = vec![SetFlag::Interval];
+    set.elements = f
+        .prefixes(nets)
+        .map(|p| (vec![p], Element::default()))
+        .collect();
+    set
+}
+
 /// Sets and maps every table has, empty or not, so that a Service change never has to
 /// create or delete one.
 fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
     let addr = f.addr_type();
-    let intervals = |nets: &[IpNet]| {
-        let mut set = Set::keys(TypeSpec::Type(vec![addr]));
-        set.flags = vec![SetFlag::Interval];
-        set.elements = f
-            .prefixes(nets)
-            .map(|p| (vec![p], Element::default()))
-            .collect();
-        set
-    };
+    let intervals = |nets: &[IpNet]| interval_set(f, nets);
     let frontend = || vec![addr, DataType::InetProto, DataType::InetService];
     let mut sources = Set::keys(TypeSpec::Type([frontend(), vec![addr]].concat()));
     sources.flags = vec![SetFlag::Interval];

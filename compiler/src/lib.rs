@@ -45,6 +45,10 @@ pub fn compile(objects: &[Object], node: &NodeFacts) -> Compiled {
     let mut state = Incremental::new(node);
     let mut unowned = 0;
     for obj in objects {
+        if let Resource::ServiceCidr(_) = obj.resource {
+            diagnostics.extend(state.upsert(obj).err().map(|d| *d));
+            continue;
+        }
         match services.endpoints(obj) {
             Found::Slices(slices) => state.add_endpoints(obj, slices),
             Found::Ignored => {}
@@ -123,7 +127,7 @@ impl<'a> Services<'a> {
     fn endpoints(&self, obj: &Object) -> Found {
         let id = object_id(obj);
         let (service, mirror) = match &obj.resource {
-            Resource::Service(_) => return Found::Ignored,
+            Resource::Service(_) | Resource::ServiceCidr(_) => return Found::Ignored,
             Resource::EndpointSlice(slice) => match model::slice_service(slice) {
                 Some(service) => (service, false),
                 None => return Found::Ignored,
@@ -160,7 +164,7 @@ impl<'a> Services<'a> {
                 return Found::Ignored;
             }
             Resource::Endpoints(eps) => model::endpoints(eps),
-            Resource::Service(_) => unreachable!("handled above"),
+            Resource::Service(_) | Resource::ServiceCidr(_) => unreachable!("handled above"),
         };
         match found {
             Ok(slices) => Found::Slices(slices),
@@ -212,10 +216,11 @@ pub fn object_id(obj: &Object) -> ObjectId {
         Resource::Service(s) => ("Service", &s.metadata),
         Resource::EndpointSlice(s) => ("EndpointSlice", &s.metadata),
         Resource::Endpoints(e) => ("Endpoints", &e.metadata),
+        Resource::ServiceCidr(c) => ("ServiceCIDR", &c.metadata),
     };
     ObjectId {
         kind: kind.into(),
-        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: ObjectId::namespace_of(kind, meta.namespace.clone()),
         name: meta.name.clone().unwrap_or_else(|| "<unnamed>".into()),
     }
 }

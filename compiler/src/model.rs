@@ -4,6 +4,7 @@
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -466,4 +467,39 @@ mod proto_number {
             n => Err(serde::de::Error::custom(format!("protocol {n}"))),
         }
     }
+}
+
+/// The ranges of a ServiceCIDR (`ValidateServiceCIDR`: one or two CIDRs, one per family, each
+/// written as its network address).
+pub fn service_cidr(cidr: &ServiceCIDR) -> Result<Vec<IpNet>, Invalid> {
+    crate::validate::service_cidr_meta(cidr)?;
+    let field = "spec.cidrs";
+    let texts = cidr.spec.as_ref().and_then(|s| s.cidrs.as_deref());
+    let texts = texts.unwrap_or_default();
+    if texts.is_empty() {
+        return invalid(field, "at least one CIDR required");
+    }
+    if texts.len() > 2 {
+        return invalid(field, "may only hold up to 2 values");
+    }
+    let mut nets = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let net: IpNet = text.parse().or_else(|_| {
+            let msg =
+                format!("{text:?} must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)");
+            invalid(format!("{field}[{i}]"), msg)
+        })?;
+        if net.trunc() != net {
+            let msg = format!("{text:?} must be in canonical form ({})", net.trunc());
+            return invalid(format!("{field}[{i}]"), msg);
+        }
+        nets.push(net);
+    }
+    if let [a, b] = nets[..] {
+        if matches!(a, IpNet::V4(_)) == matches!(b, IpNet::V4(_)) {
+            let msg = "may specify no more than one IP for each IP family, i.e 192.168.0.0/24 and 2001:db8::/64";
+            return invalid(field, msg);
+        }
+    }
+    Ok(nets)
 }

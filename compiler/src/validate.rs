@@ -11,6 +11,7 @@
 use crate::model::Invalid;
 use k8s_openapi::api::core::v1::{Endpoints, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::HashSet;
@@ -325,6 +326,12 @@ fn load_balancer(svc: &Service, kind: &str) -> Checked {
         }
     }
     Ok(())
+}
+
+/// `ValidateServiceCIDR`'s object metadata: a cluster-scoped object with a DNS-1123 subdomain
+/// name. Its CIDRs are checked by `model::service_cidr`, which reads them.
+pub fn service_cidr_meta(cidr: &ServiceCIDR) -> Checked {
+    meta(&cidr.metadata, dns1123_subdomain, SUBDOMAIN)
 }
 
 /// `ValidateEndpointSlice`: names, limits, usable addresses, unique port names.

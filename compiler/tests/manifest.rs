@@ -20,6 +20,7 @@ fn name(obj: &Object) -> String {
         Resource::Service(s) => &s.metadata,
         Resource::EndpointSlice(s) => &s.metadata,
         Resource::Endpoints(e) => &e.metadata,
+        Resource::ServiceCidr(c) => &c.metadata,
     };
     let namespace = meta.namespace.as_deref().unwrap_or("default");
     format!("{namespace}/{}", meta.name.as_deref().unwrap_or_default())

@@ -345,7 +345,9 @@ pub fn run_loop(mut syncer: Syncer, source: Source, min_sync_period: Duration) {
             continue;
         }
         let held_back = last_sync.is_some_and(|at| at.elapsed() < min_sync_period);
-        if syncer.pending() && !held_back {
+        // The first sync runs once the lists are complete, even when they hold nothing: an
+        // empty cluster still gets its table (the drop of unowned service-CIDR addresses).
+        if (syncer.pending() || last_sync.is_none()) && !held_back {
             syncer.sync();
             last_sync = Some(Instant::now());
         }

@@ -511,3 +511,30 @@ fn metrics_parse_and_count_what_the_kernel_holds() {
     let fds = value(&s, "process_open_fds", ("", ""));
     assert!(fds >= 3.0 && fds <= value(&s, "process_max_fds", ("", "")));
 }
+
+#[test]
+fn service_cidr_objects_extend_the_dropped_range() {
+    if !netns::require() {
+        return;
+    }
+    let (k, api) = cluster_with_api();
+    let agent = Agent::start(&k.lab.node, &api);
+    agent
+        .log
+        .wait_for("the first sync", 0, |l| l.contains("first sync done"));
+    let c1 = k.ns(k.c1);
+    // x2's address stands for one of a new range: outside every service CIDR it is routed
+    // on (x2 refuses port 80), inside one that no Service owns it is dropped.
+    let unowned = "192.0.2.2:80".parse().unwrap();
+    let dropped = || tcp(c1, unowned, Duration::from_millis(700)) == Outcome::Timeout;
+    assert!(!dropped(), "192.0.2.2 is in no service CIDR yet");
+    let cidr = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "extra"},
+        "spec": {"cidrs": ["192.0.2.0/24", "fd00:97::/112"]}
+    });
+    api.apply(cidr);
+    eventually("an unowned address of the ServiceCIDR is dropped", dropped);
+    api.delete("ServiceCIDR", None, "extra");
+    eventually("and routed again once it is deleted", || !dropped());
+}

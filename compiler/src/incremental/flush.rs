@@ -21,8 +21,8 @@ pub(super) type RecorderKey = (Ipf, L4Proto, u32);
 
 /// The elements and chains a flush removed and added.
 pub(super) struct Change {
-    gone: Table,
-    arrived: Table,
+    pub(super) gone: Table,
+    pub(super) arrived: Table,
 }
 
 /// Whether a contribution enters or leaves the table.
@@ -68,6 +68,7 @@ impl Incremental {
             diagnostics.extend(self.new_clashes(&name, &before));
         }
         self.chain_changes(&picks_before, &recorders_before, &mut change);
+        self.service_cidr_changes(&mut change);
         if notes_changed {
             self.shape.notes = self.notes.values().flatten().cloned().collect();
         }
@@ -143,6 +144,7 @@ impl Incremental {
         self.touched.clear();
         self.built = true;
         self.node_changed = false;
+        self.service_cidrs.changed = false;
         self.shape = layout::skeleton(&self.node);
         self.notes.clear();
         self.picks.clear();

@@ -17,6 +17,7 @@
 mod claims;
 mod clashes;
 mod flush;
+mod service_cidrs;
 
 use crate::diagnostic::{Diagnostic, ObjectId, Origin};
 use crate::layout;
@@ -28,6 +29,7 @@ use claims::Claims;
 use flush::{PickKey, RecorderKey};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use service_cidrs::ServiceCidrs;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -161,6 +163,8 @@ pub struct Incremental {
     no_local_total: NoLocalEndpoints,
     /// The node's facts changed: the next flush rebuilds everything.
     node_changed: bool,
+    /// `--service-cidr` and the ServiceCIDR objects; `node.service_cidrs` holds them merged.
+    service_cidrs: ServiceCidrs,
     /// Namespaces and names, each held once however many Services, endpoints and claims use
     /// it.
     strings: HashSet<Arc<str>>,
@@ -252,6 +256,7 @@ impl Incremental {
             no_local: BTreeMap::new(),
             no_local_total: NoLocalEndpoints::default(),
             node_changed: false,
+            service_cidrs: ServiceCidrs::new(&node.service_cidrs),
             strings: HashSet::new(),
         }
     }
@@ -306,8 +311,10 @@ impl Incremental {
 
     /// Change the node's facts; the next flush rebuilds everything if they differ.
     pub fn set_node(&mut self, node: &NodeFacts) {
-        if *node != self.node {
-            self.node = node.clone();
+        let mut node = node.clone();
+        node.service_cidrs = self.set_service_cidr_flag(&node.service_cidrs);
+        if node != self.node {
+            self.node = node;
             self.node_changed = true;
         }
     }
@@ -341,6 +348,10 @@ impl Incremental {
                 };
                 Ok(self.set_source(key, Some(source)))
             }
+            Resource::ServiceCidr(cidr) => {
+                let nets = model::service_cidr(cidr).map_err(reject)?;
+                Ok(self.set_service_cidr(&id.name, Some(nets)))
+            }
             Resource::Endpoints(eps) => {
                 let key = source_id("Endpoints", &id.namespace, &id.name);
                 let skip = eps
@@ -362,7 +373,8 @@ impl Incremental {
         }
     }
 
-    /// Forget an object; whether it was known. `kind`: Service, EndpointSlice or Endpoints.
+    /// Forget an object; whether that changed the table. `kind`: Service, EndpointSlice,
+    /// Endpoints or ServiceCIDR.
     pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) -> bool {
         match kind {
             "Service" => {
@@ -372,6 +384,7 @@ impl Incremental {
             "EndpointSlice" | "Endpoints" => {
                 self.set_source(source_id(kind, namespace, name), None)
             }
+            "ServiceCIDR" => self.set_service_cidr(name, None),
             _ => false,
         }
     }

@@ -9,6 +9,7 @@ mod typed;
 use crate::diagnostic::{Diagnostic, ObjectId, Origin};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
@@ -19,6 +20,9 @@ pub enum Resource {
     EndpointSlice(Box<EndpointSlice>),
     /// Plain v1 Endpoints, mirrored to an EndpointSlice for Services without a selector.
     Endpoints(Box<Endpoints>),
+    /// A range the cluster allocates cluster IPs from (KEP-1880): its addresses that no
+    /// Service owns are dropped, as those of `--service-cidr` are.
+    ServiceCidr(Box<ServiceCIDR>),
 }
 
 /// An object and where it was read.
@@ -117,10 +121,11 @@ fn read_items(origin: &Origin, items: Vec<Value>, out: &mut Sink) {
 }
 
 /// The kinds svc-nft reads, with their apiVersion.
-const KINDS: [(&str, &str); 3] = [
+const KINDS: [(&str, &str); 4] = [
     ("Service", "v1"),
     ("Endpoints", "v1"),
     ("EndpointSlice", "discovery.k8s.io/v1"),
+    ("ServiceCIDR", "networking.k8s.io/v1"),
 ];
 
 fn read_object(origin: Origin, value: Value, out: &mut Sink) {
@@ -138,6 +143,9 @@ fn read_object(origin: Origin, value: Value, out: &mut Sink) {
                 Resource::EndpointSlice(Box::new(s))
             })
         }
+        ("networking.k8s.io/v1", "ServiceCIDR") => decode(origin, "ServiceCIDR", value, out, |c| {
+            Resource::ServiceCidr(Box::new(c))
+        }),
         ("discovery.k8s.io/v1beta1", "EndpointSlice") => {
             let msg = "discovery.k8s.io/v1beta1 is not served since Kubernetes 1.25: not used \
                        (write discovery.k8s.io/v1)";

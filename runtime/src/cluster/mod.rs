@@ -1,5 +1,5 @@
-//! `svc-nft run` in a cluster: Services, EndpointSlices and this node's Node object from the
-//! API server, compiled per Service and applied by the engine.
+//! `svc-nft run` in a cluster: Services, EndpointSlices, ServiceCIDRs and this node's Node
+//! object from the API server, compiled per Service and applied by the engine.
 
 pub mod watch;
 
@@ -25,6 +25,12 @@ pub const API_CALLS: &[ApiCall] = &[
     ApiCall {
         group: "discovery.k8s.io",
         resource: "endpointslices",
+        verbs: &["list", "watch"],
+    },
+    // The ranges cluster IPs come from: their unowned addresses are dropped.
+    ApiCall {
+        group: "networking.k8s.io",
+        resource: "servicecidrs",
         verbs: &["list", "watch"],
     },
     // Its own Node: addresses (node IPs) and zone label, watched by field selector.

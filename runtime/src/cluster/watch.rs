@@ -1,5 +1,5 @@
-//! Watchers: Services, EndpointSlices and this node's Node from the API server, turned into
-//! [`Update`]s for the sync thread.
+//! Watchers: Services, EndpointSlices, ServiceCIDRs and this node's Node from the API server,
+//! turned into [`Update`]s for the sync thread.
 //!
 //! No reflector store of whole objects: the compiler's per-Service state is the store, and
 //! a watcher only remembers the keys it has seen so that a relist (after `410 Gone`, or a
@@ -11,6 +11,7 @@ use crate::syncer::Update;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -28,7 +29,7 @@ const NOT_OURS: &str = "!service.kubernetes.io/service-proxy-name,!service.kuber
 
 const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
-/// Run the three watchers until `tx` is closed. Errors (API server unreachable, 410 Gone)
+/// Run the four watchers until `tx` is closed. Errors (API server unreachable, 410 Gone)
 /// are logged and retried with kube-rs's default backoff; the rules stay as they are.
 pub async fn run(client: Client, base: NodeFacts, health: Arc<ProxyHealth>, tx: Sender<Update>) {
     let node_name = base.node_name.clone().unwrap_or_default();
@@ -52,6 +53,18 @@ pub async fn run(client: Client, base: NodeFacts, health: Arc<ProxyHealth>, tx: 
             object: object(svc_nft_compiler::Resource::EndpointSlice(Box::new(slice))),
         },
     );
+    // Not among the lists the first sync waits for: an API server older than 1.33 serves
+    // no ServiceCIDRs, and without them only the drop of unowned addresses waits.
+    let service_cidrs = watch(
+        Api::<ServiceCIDR>::all(client.clone()),
+        watcher::Config::default(),
+        "ServiceCIDR",
+        tx.clone(),
+        |cidr| Update::Upsert {
+            object: object(svc_nft_compiler::Resource::ServiceCidr(Box::new(cidr))),
+            trigger: None,
+        },
+    );
     let node = watch(
         Api::<Node>::all(client),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
@@ -62,7 +75,7 @@ pub async fn run(client: Client, base: NodeFacts, health: Arc<ProxyHealth>, tx: 
             Update::Node(Box::new(node_facts(&base, &node)))
         },
     );
-    futures::join!(services, slices, node);
+    futures::join!(services, slices, service_cidrs, node);
 }
 
 /// The node's facts: flags first, then what its Node object says (InternalIP addresses,

@@ -59,6 +59,13 @@ pub(super) const RESOURCES: &[Res] = &[
         namespaced: true,
     },
     Res {
+        group: "networking.k8s.io",
+        version: "v1",
+        plural: "servicecidrs",
+        kind: "ServiceCIDR",
+        namespaced: false,
+    },
+    Res {
         group: "events.k8s.io",
         version: "v1",
         plural: "events",
