@@ -339,5 +339,7 @@ fn allowed_sources(info: &ServiceInfo, lb_ips: &[IpAddr], node: &NodeFacts) -> V
     {
         ranges.extend(lb_ips.iter().map(|ip| IpNet::from(*ip)));
     }
-    ranges
+    // Merged: the API allows overlapping ranges, and a load-balancer IP inside one, but the
+    // kernel refuses overlapping elements in an interval set (found by fuzz/ rulesets).
+    IpNet::aggregate(&ranges)
 }

@@ -1,9 +1,6 @@
 //! Inputs the fuzzers in fuzz/ found (fuzz/README.md), minimised. The `rulesets` target has
 //! the kernel check each ruleset (`nft -c`); these tests check, without a kernel, the property
-//! that the kernel refused. Those of bugs not fixed yet are `#[ignore]`d, so that they do not
-//! fail everyone's CI: `cargo test -p svc-nft-compiler --test fuzz_regressions -- --ignored`
-//! runs them; a fix takes the `#[ignore]` off (and `SVCNFT_FUZZ_KNOWN_BUGS=1 fuzz/run rulesets`
-//! has the fuzzer generate such inputs again).
+//! that the kernel refused.
 
 use svc_nft_compiler::{compile, parse, NodeFacts};
 use svc_nft_ir::{replace_script, SetFlag, Table, Value};
@@ -114,7 +111,6 @@ fn separate_source_ranges() {
 /// `198.51.100.200 . tcp . 80 . 10.0.0.0/8` and `198.51.100.200 . tcp . 80 . 10.1.0.0/16`,
 /// and `nft -f` refuses the whole ruleset: "Could not process rule: File exists".
 #[test]
-#[ignore = "bug found by fuzz/ rulesets, not fixed yet: overlapping lb-sources elements"]
 fn overlapping_source_ranges() {
     let manifests = load_balancer(
         "10.96.0.10",
@@ -130,7 +126,6 @@ fn overlapping_source_ranges() {
 /// overlaps the range's (`198.51.100.200 . tcp . 80 . 198.51.100.0/24` and
 /// `… . 198.51.100.200/32`): "File exists" again.
 #[test]
-#[ignore = "bug found by fuzz/ rulesets, not fixed yet: overlapping lb-sources elements"]
 fn source_range_holding_the_node_ip_and_the_load_balancer_ip() {
     let manifests = load_balancer(
         "10.96.0.10",
@@ -144,7 +139,6 @@ fn source_range_holding_the_node_ip_and_the_load_balancer_ip() {
 /// The same over IPv6, as the fuzzer first found it: 2001:da0::/27 holds both the node IP
 /// 2001:db8:51::1 and the load-balancer IP 2001:db8:1b::4.
 #[test]
-#[ignore = "bug found by fuzz/ rulesets, not fixed yet: overlapping lb-sources elements"]
 fn source_range_holding_the_node_ip_and_the_load_balancer_ip_v6() {
     let manifests = load_balancer(
         "fd00:96::2",

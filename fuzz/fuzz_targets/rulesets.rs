@@ -450,16 +450,7 @@ fn service(i: usize, svc: &Svc, alloc: &mut Alloc, docs: &mut Vec<Value>) {
                 let addr = std::net::Ipv4Addr::new(198, 51, a, b);
                 ipnet::Ipv4Net::new(addr, 8 + len % 25).unwrap().into()
             };
-            let net = net.trunc();
-            // Known bug (compiler/tests/fuzz_regressions.rs): overlapping elements in
-            // lb-sources. Left out unless asked for, so that the fuzzer finds other bugs.
-            let overlap = ranges
-                .iter()
-                .any(|r| r.contains(&net.network()) || net.contains(&r.network()))
-                || lb_ips.iter().any(|ip| net.contains(ip));
-            if !overlap || known_bugs() {
-                ranges.push(net);
-            }
+            ranges.push(net.trunc());
         }
         if !ranges.is_empty() {
             let ranges: Vec<String> = ranges.iter().map(ToString::to_string).collect();
@@ -675,12 +666,6 @@ fn require_private_netns() {
             std::process::exit(2);
         }
     });
-}
-
-/// `SVCNFT_FUZZ_KNOWN_BUGS=1`: generate the inputs of the known bugs too (to check a fix).
-fn known_bugs() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("SVCNFT_FUZZ_KNOWN_BUGS").is_some())
 }
 
 /// Hashes of the scripts nft has accepted already.
