@@ -9,6 +9,11 @@
 //! (the file still counts as defining it), a document so broken that it names no object keeps
 //! every object its file defined before, and a directory that cannot be read keeps them all.
 //! Only deleting an object from its file, or the file, removes it.
+//!
+//! A file is read once it has settled: the same size and modification time on two scans in a
+//! row. An editor or a tool that truncates a file and writes it again in place would
+//! otherwise be caught in between, and an empty file defines no objects. A file gone is
+//! likewise gone on two scans before its objects go. The first scan reads everything.
 
 use crate::syncer::Update;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +26,7 @@ use svc_nft_compiler::{manifest, object_id, Object, ObjectId};
 /// cannot contain `/`).
 type Key = Box<str>;
 
-const KINDS: [&str; 3] = ["Service", "EndpointSlice", "Endpoints"];
+const KINDS: [&str; 4] = ["Service", "EndpointSlice", "Endpoints", "ServiceCIDR"];
 
 /// A key's kind, namespace and name.
 fn parts(key: &str) -> (&'static str, String, String) {
@@ -54,6 +59,9 @@ struct File {
 #[derive(Default)]
 struct Directory {
     files: BTreeMap<PathBuf, File>,
+    /// What the last scan saw (None before the first): a file is read once it looks the
+    /// same as then.
+    last_scan: Option<BTreeMap<PathBuf, Stamp>>,
     /// The directory could not be read at the last refresh (logged once).
     unreadable: bool,
 }
@@ -158,17 +166,22 @@ impl Directory {
         if std::mem::take(&mut self.unreadable) {
             tracing::info!("{}: readable again", dir.display());
         }
+        let last = self.last_scan.replace(now.clone());
+        let settled = |path: &Path, stamp: Option<&Stamp>| {
+            last.as_ref().is_none_or(|last| last.get(path) == stamp)
+        };
         // Keys a file stopped defining: another file's copy may count now, or none.
         let mut orphaned: BTreeSet<Key> = BTreeSet::new();
         self.files.retain(|path, file| {
-            let kept = now.contains_key(path);
+            let kept = now.contains_key(path) || !settled(path, None);
             if !kept {
                 orphaned.append(&mut file.keys);
             }
             kept
         });
         for (path, stamp) in now {
-            if self.files.get(&path).is_none_or(|file| file.stamp != stamp) {
+            let changed = self.files.get(&path).is_none_or(|file| file.stamp != stamp);
+            if changed && settled(&path, Some(&stamp)) {
                 self.read_file(path, stamp, tx, &mut orphaned)?;
             }
         }
@@ -303,8 +316,16 @@ mod tests {
         format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec: {{clusterIP: {ip}}}\n")
     }
 
-    /// What a refresh sends: ("upsert", cluster IP) or ("remove", name).
+    /// What the scans until the directory has settled send (a change is read once two scans
+    /// agree): ("upsert", cluster IP) or ("remove", name).
     fn refresh(directory: &mut Directory, dir: &Path) -> Vec<(&'static str, String)> {
+        let mut sent = scan_once(directory, dir);
+        sent.extend(scan_once(directory, dir));
+        sent
+    }
+
+    /// What one scan sends.
+    fn scan_once(directory: &mut Directory, dir: &Path) -> Vec<(&'static str, String)> {
         let (tx, rx) = std::sync::mpsc::channel();
         assert!(directory.refresh(dir, &tx).is_ok());
         drop(tx);
@@ -384,6 +405,47 @@ mod tests {
         );
         std::fs::write(&file, "").unwrap();
         assert_eq!(refresh(&mut directory, &dir), [("remove", "web".into())]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_service_cidr_file_removed_removes_its_object() {
+        let dir = scratch("cidr");
+        let mut directory = Directory::default();
+        let file = dir.join("cidr.yaml");
+        let cidr = "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\n\
+                    metadata: {name: extra}\nspec: {cidrs: [10.97.0.0/16]}\n";
+        std::fs::write(&file, cidr).unwrap();
+        assert_eq!(refresh(&mut directory, &dir), [("upsert", String::new())]);
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(refresh(&mut directory, &dir), [("remove", "extra".into())]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_is_read_once_it_has_settled() {
+        let dir = scratch("settle");
+        let mut directory = Directory::default();
+        let file = dir.join("web.yaml");
+        std::fs::write(&file, service("10.96.0.1")).unwrap();
+        assert_eq!(
+            scan_once(&mut directory, &dir),
+            [("upsert", "10.96.0.1".into())]
+        );
+        // Truncated in place, then written again: the empty file in between is never read.
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(scan_once(&mut directory, &dir), []);
+        std::fs::write(&file, service("10.96.0.2")).unwrap();
+        assert_eq!(scan_once(&mut directory, &dir), []);
+        assert_eq!(
+            scan_once(&mut directory, &dir),
+            [("upsert", "10.96.0.2".into())]
+        );
+        // Gone for one scan only (deleted, written again): its objects stay.
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(scan_once(&mut directory, &dir), []);
+        std::fs::write(&file, service("10.96.0.2")).unwrap();
+        assert_eq!(refresh(&mut directory, &dir), []);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

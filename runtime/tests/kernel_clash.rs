@@ -6,10 +6,9 @@
 mod netns;
 
 use netns::cluster::{Cluster, CIDRS};
-use netns::{eventually, tcp, Netns, Outcome};
+use netns::{eventually, tcp, Netns, Outcome, ANSWER_WAIT};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
-use std::time::Duration;
 
 /// `svc-nft run` on a directory of its own, in the node namespace; killed on drop.
 struct Agent {
@@ -88,7 +87,7 @@ fn a_clash_costs_only_the_contested_frontend_and_the_holder_keeps_it() {
     let k = Cluster::new("", CIDRS);
     let (b1, b2, b3) = ("10.244.1.2", "10.244.2.2", "10.244.3.2");
     let answered_by = |ns: &Netns, to: &str, backend: &str| {
-        let outcome = tcp(ns, to.parse().unwrap(), Duration::from_millis(500));
+        let outcome = tcp(ns, to.parse().unwrap(), ANSWER_WAIT);
         matches!(outcome, Outcome::Answered { backend: b, .. } if b.to_string() == backend)
     };
     let (c1, x1) = (k.ns(k.c1), k.ns(k.x1));

@@ -8,7 +8,7 @@ mod netns;
 use fakeapi::FakeApi;
 use netns::agent::{self, Log, PATIENCE};
 use netns::cluster::{Cluster, CIDRS};
-use netns::{eventually, tcp, Netns, Outcome};
+use netns::{eventually, tcp, Netns, Outcome, ANSWER_WAIT};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -165,7 +165,7 @@ fn the_agent_follows_the_api_server() {
     let mut agent = Agent::start(node, &api);
     let c1 = k.ns(k.c1);
     let vip = "10.96.5.1:80".parse().unwrap();
-    let connect = || tcp(c1, vip, Duration::from_millis(500));
+    let connect = || tcp(c1, vip, ANSWER_WAIT);
     let answered_by = |b: &str| matches!(connect(), Outcome::Answered { backend, .. } if backend.to_string() == b);
 
     api.apply(service("web", "10.96.5.1", json!({})));

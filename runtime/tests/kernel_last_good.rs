@@ -5,8 +5,7 @@ mod netns;
 
 use netns::cluster::{Cluster, CIDRS};
 use netns::manifest_agent::AgentProcess;
-use netns::{eventually, tcp, Outcome};
-use std::time::Duration;
+use netns::{eventually, tcp, Outcome, ANSWER_WAIT};
 
 fn service(port: &str) -> String {
     format!(
@@ -29,7 +28,7 @@ fn a_service_keeps_answering_through_an_invalid_edit_and_a_half_written_file() {
     let c1 = k.ns(k.c1);
     let reach = |port: u16| {
         let vip = format!("10.96.5.1:{port}").parse().unwrap();
-        tcp(c1, vip, Duration::from_millis(500))
+        tcp(c1, vip, ANSWER_WAIT)
     };
     let b1_answers = |port| matches!(reach(port), Outcome::Answered { backend, .. } if backend.to_string() == "10.244.1.2");
 

@@ -5,7 +5,7 @@ mod netns;
 
 use netns::cluster::{answers, pairs, Cluster, CIDRS};
 use netns::manifest_agent::AgentProcess;
-use netns::{eventually, listing, tcp, Netns, Outcome};
+use netns::{eventually, listing, tcp, Netns, Outcome, ANSWER_WAIT};
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -97,13 +97,7 @@ fn the_agent_follows_its_manifest_directory() {
     let k = Cluster::new("", CIDRS);
     let agent = AgentProcess::start(&k.lab.node, "follow", &["--sync-period", "1s"]);
     let c1 = k.ns(k.c1);
-    let connect = || {
-        tcp(
-            c1,
-            "10.96.5.1:80".parse().unwrap(),
-            Duration::from_millis(500),
-        )
-    };
+    let connect = || tcp(c1, "10.96.5.1:80".parse().unwrap(), ANSWER_WAIT);
     let answered_by = |b: &str| matches!(connect(), Outcome::Answered { backend, .. } if backend.to_string() == b);
 
     agent.write("web.yaml", SERVICE);

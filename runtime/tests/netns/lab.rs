@@ -304,6 +304,11 @@ impl Outcome {
 }
 
 /// From inside `ns`: TCP connect to `to` and read the server's one-line answer.
+/// How long a probe that expects an answer waits for it: the backends are threads of the
+/// test process, which a loaded machine may not run for a while. A probe that expects a drop
+/// waits less, and says so.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
 pub fn tcp(ns: &Netns, to: SocketAddr, timeout: Duration) -> Outcome {
     ns.run(move || {
         let attempt = || -> io::Result<String> {
