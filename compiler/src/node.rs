@@ -29,6 +29,9 @@ pub struct NodeFacts {
     pub nodeport_addresses: Vec<IpNet>,
     /// Masquerade all traffic to Services (`--masquerade-all`).
     pub masquerade_all: bool,
+    /// The `AllowServiceExternalIPs` feature gate (KEP-5707, on by default until 1.40): off,
+    /// `spec.externalIPs` get no rules.
+    pub allow_external_ips: bool,
 }
 
 impl Default for NodeFacts {
@@ -42,6 +45,7 @@ impl Default for NodeFacts {
             service_cidrs: vec![],
             nodeport_addresses: vec![],
             masquerade_all: false,
+            allow_external_ips: true,
         }
     }
 }

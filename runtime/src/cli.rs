@@ -5,6 +5,7 @@ use crate::cidr;
 use crate::config::RunArgs;
 use crate::engine::Engine;
 use crate::explain::{report, Format, Origin, Proto, Query};
+use crate::feature_gates;
 use crate::input;
 use crate::kernel;
 use crate::logging;
@@ -196,11 +197,15 @@ pub struct NodeArgs {
     /// Masquerade all traffic sent to Services.
     #[arg(long)]
     pub masquerade_all: bool,
+    /// Feature gates, as kube-proxy takes them (Name=true|false, comma-separated). svc-nft
+    /// acts on AllowServiceExternalIPs; others are ignored with a warning.
+    #[arg(long = "feature-gates", value_delimiter = ',', value_parser = feature_gates::parse)]
+    pub feature_gates: Vec<feature_gates::Gate>,
 }
 
 impl NodeArgs {
     pub fn facts(&self) -> NodeFacts {
-        NodeFacts {
+        let mut facts = NodeFacts {
             table: self.table.clone(),
             node_name: self.node_name.clone(),
             node_ips: self.node_ips.clone(),
@@ -209,7 +214,18 @@ impl NodeArgs {
             service_cidrs: cidr::normalise(&self.service_cidrs),
             nodeport_addresses: cidr::normalise(&self.nodeport_addresses),
             masquerade_all: self.masquerade_all,
+            allow_external_ips: true,
+        };
+        feature_gates::apply(&self.feature_gates, &mut facts);
+        facts
+    }
+
+    /// Write a warning for each feature gate svc-nft does not act on.
+    fn warn_about_gates(&self, err: &mut dyn Write) -> std::io::Result<()> {
+        for warning in feature_gates::apply(&self.feature_gates, &mut NodeFacts::default()) {
+            writeln!(err, "warning: --feature-gates: {warning}")?;
         }
+        Ok(())
     }
 
     /// Parse node flags alone, e.g. a golden case's `flags` file.
@@ -295,8 +311,24 @@ fn go_on(rejected: usize, keep_going: KeepGoing, what: &str, err: &mut dyn Write
     false
 }
 
+impl Command {
+    /// The node flags of a one-shot command (`run` reads its own, with a config file).
+    fn node_args(&self) -> Option<&NodeArgs> {
+        match self {
+            Command::Compile { node, .. }
+            | Command::Diff { node, .. }
+            | Command::Apply { node, .. }
+            | Command::Explain { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+}
+
 /// Run a command; the return value is the process exit status.
 pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<i32> {
+    if let Some(node) = command.node_args() {
+        node.warn_about_gates(err)?;
+    }
     match command {
         Command::Compile { input, node } => compile_command(input, &node.facts(), out, err),
         Command::Diff {

@@ -105,6 +105,8 @@ pub(crate) struct Settings {
     pub min_sync_period: Option<Duration>,
     pub sync_period: Option<Duration>,
     pub log_format: Option<LogFormat>,
+    /// `featureGates`; `--feature-gates` wins over them.
+    pub feature_gates: Vec<crate::feature_gates::Gate>,
     /// Set fields svc-nft has no use for (a KubeProxyConfiguration's), as dotted paths.
     pub ignored: Vec<String>,
 }
@@ -128,6 +130,8 @@ struct File {
     min_sync_period: Option<String>,
     sync_period: Option<String>,
     log_format: Option<LogFormat>,
+    #[serde(default)]
+    feature_gates: std::collections::BTreeMap<String, bool>,
 }
 
 impl File {
@@ -148,6 +152,7 @@ impl File {
             min_sync_period: period(self.min_sync_period, "minSyncPeriod")?,
             sync_period: period(self.sync_period, "syncPeriod")?,
             log_format: self.log_format,
+            feature_gates: self.feature_gates.into_iter().collect(),
             ignored: vec![],
         })
     }
@@ -230,6 +235,11 @@ impl RunArgs {
 
     fn merge(&self, file: Settings) -> Result<Agent, String> {
         let mut node = self.node.facts();
+        // The file's gates, then the flag's: the flag has the last word.
+        let gates = [file.feature_gates.as_slice(), &self.node.feature_gates].concat();
+        for warning in crate::feature_gates::apply(&gates, &mut node) {
+            tracing::warn!("{warning}");
+        }
         let or_file = |flag: &mut Vec<IpNet>, file: Vec<IpNet>| {
             if flag.is_empty() {
                 *flag = file;
@@ -449,14 +459,21 @@ mod tests {
             let t = set(t, "conntrack", "maxPerCore", "0");
             let t = set(t, "nftables", "masqueradeBit", "14");
             let t = set(t, "logging", "verbosity", "4");
-            t + "\nfeatureGates: {KubeProxyNFTablesLocalhostNodePorts: true}\n"
+            t + "\nfeatureGates: {KubeProxyNFTablesLocalhostNodePorts: true, AllowServiceExternalIPs: false}\n"
         })
         .unwrap();
+        // Feature gates are read (and those svc-nft does not act on warned about at start).
+        assert_eq!(
+            settings.feature_gates,
+            [
+                ("KubeProxyNFTablesLocalhostNodePorts".to_string(), true),
+                ("AllowServiceExternalIPs".to_string(), false)
+            ]
+        );
         assert_eq!(
             settings.ignored,
             [
                 "clientConnection.kubeconfig",
-                "featureGates.KubeProxyNFTablesLocalhostNodePorts",
                 "logging.verbosity",
                 "nftables.masqueradeBit",
                 "oomScoreAdj",

@@ -27,6 +27,7 @@ const READ: &[&str] = &[
     "bindAddress",
     "healthzBindAddress",
     "metricsBindAddress",
+    "featureGates",
     "iptables",
     "ipvs",
     "nftables",
@@ -35,7 +36,6 @@ const READ: &[&str] = &[
 
 /// Top-level fields svc-nft has no use for.
 const IGNORED: &[&str] = &[
-    "featureGates",
     "clientConnection",
     "bindAddressHardFail",
     "enableProfiling",
@@ -120,6 +120,7 @@ pub fn settings(text: &str) -> Result<Settings, Problem> {
         sync_period: proxier.period("syncPeriod")?,
         min_sync_period: proxier.period("minSyncPeriod")?,
         log_format: log_format(&sections["logging"])?,
+        feature_gates: feature_gates(&top)?,
         ignored: vec![],
     };
     ignored.sort();
@@ -272,6 +273,25 @@ fn string(map: &Mapping, key: &str) -> Result<Option<String>, Problem> {
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(Problem::invalid(key, "not a string")),
     }
+}
+
+/// `featureGates`: a map of gate names to booleans.
+fn feature_gates(top: &Mapping) -> Result<Vec<crate::feature_gates::Gate>, Problem> {
+    let gates = match top.get("featureGates") {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Mapping(gates)) => gates,
+        Some(_) => return Err(Problem::invalid("featureGates", "not a mapping")),
+    };
+    gates
+        .iter()
+        .map(|(name, on)| match (name.as_str(), on.as_bool()) {
+            (Some(name), Some(on)) => Ok((name.to_string(), on)),
+            _ => Err(Problem::invalid(
+                "featureGates",
+                "not a map of names to true|false",
+            )),
+        })
+        .collect()
 }
 
 fn strings(map: &Mapping, key: &str) -> Result<Vec<String>, Problem> {

@@ -11,6 +11,7 @@ pub mod config;
 mod conntrack;
 pub mod engine;
 mod explain;
+pub mod feature_gates;
 pub mod health;
 pub mod input;
 pub mod kernel;

@@ -199,6 +199,10 @@ fn nodeports_load_balancers_external_ips() {
         "dnat",
         &["10.244.1.2:8080 1.0 masq"],
     );
+    // With the AllowServiceExternalIPs gate off (KEP-5707), external IPs get no rules.
+    let gate_off = ["--feature-gates", "AllowServiceExternalIPs=false"];
+    let external_ip = explain("external-ips", "192.0.2.2", "203.0.113.6:80", &gate_off);
+    assert_eq!(summary(&external_ip).0, "not-handled");
     // Source ranges: admitted, refused, and NodePorts bypass them.
     let api = ["10.244.1.2:8443 1.0 masq"];
     check(

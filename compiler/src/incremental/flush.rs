@@ -59,7 +59,7 @@ impl Incremental {
             arrived: self.declarations(),
         };
         let (picks_before, recorders_before) = (self.picks.clone(), self.recorders.clone());
-        let (mut notes_changed, mut diagnostics) = (false, Vec::new());
+        let (mut notes_changed, mut diagnostics) = (false, std::mem::take(&mut self.warnings));
         let recompiled = touched.len() + promoted.len();
         for (name, old) in touched.into_iter().chain(promoted) {
             let moved = moved.remove(&name).unwrap_or_default();
@@ -156,7 +156,7 @@ impl Incremental {
         self.no_local.clear();
         self.no_local_total = NoLocalEndpoints::default();
         let old = std::mem::take(&mut self.claims);
-        let mut diagnostics = Vec::new();
+        let mut diagnostics = std::mem::take(&mut self.warnings);
         // In rank order, each Service's claims are settled once it has made them.
         for rank in self.claim_order(&old, &recreated) {
             let name = &rank.1;

@@ -165,6 +165,8 @@ pub struct Incremental {
     node_changed: bool,
     /// `--service-cidr` and the ServiceCIDR objects; `node.service_cidrs` holds them merged.
     service_cidrs: ServiceCidrs,
+    /// Warnings about accepted objects, handed out by the next flush.
+    warnings: Vec<Diagnostic>,
     /// Namespaces and names, each held once however many Services, endpoints and claims use
     /// it.
     strings: HashSet<Arc<str>>,
@@ -257,6 +259,7 @@ impl Incremental {
             no_local_total: NoLocalEndpoints::default(),
             node_changed: false,
             service_cidrs: ServiceCidrs::new(&node.service_cidrs),
+            warnings: Vec::new(),
             strings: HashSet::new(),
         }
     }
@@ -390,10 +393,25 @@ impl Incremental {
     }
 
     /// Whether the Service changed.
-    pub(crate) fn set_service(&mut self, info: ServiceInfo, origin: Origin, id: ObjectId) -> bool {
+    pub(crate) fn set_service(
+        &mut self,
+        mut info: ServiceInfo,
+        origin: Origin,
+        id: ObjectId,
+    ) -> bool {
         let name = self.name_of(&id.namespace, &id.name);
+        let ignored = !self.node.allow_external_ips && !info.external_ips.is_empty();
+        if ignored {
+            info.external_ips.clear();
+        }
         if self.known(&name).is_some_and(|k| k.info == info) {
             return false;
+        }
+        if ignored {
+            let message = "ignored: the AllowServiceExternalIPs feature gate is off (KEP-5707)";
+            let field = Some("spec.externalIPs".to_string());
+            let d = Diagnostic::new(origin.clone(), Some(id), field, message.into());
+            self.warnings.push(d.warning());
         }
         self.touch(&name);
         let entry = self.entries.entry(name).or_default();
