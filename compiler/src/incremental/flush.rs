@@ -319,9 +319,10 @@ fn is_hairpin(set: &str) -> bool {
 fn is_udp_endpoints(set: &str) -> bool {
     static NAMES: OnceLock<Vec<String>> = OnceLock::new();
     let names = NAMES.get_or_init(|| {
-        let maps = FAMILIES
-            .iter()
-            .flat_map(|&f| [false, true].map(|local| endpoints_map(f, L4Proto::Udp, local)));
+        let kinds = [(false, false), (true, false), (false, true), (true, true)];
+        let maps = FAMILIES.iter().flat_map(|&f| {
+            kinds.map(|(local, nodeport)| endpoints_map(f, L4Proto::Udp, local, nodeport))
+        });
         maps.collect()
     });
     names.iter().any(|n| n == set)
