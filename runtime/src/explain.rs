@@ -38,6 +38,8 @@ pub struct Query {
     pub to: SocketAddr,
     pub proto: Proto,
     pub origin: Option<Origin>,
+    /// This node's addresses besides `--node-ip`.
+    pub local_addresses: Vec<IpAddr>,
 }
 
 impl Query {
@@ -52,6 +54,12 @@ impl Query {
             } else {
                 Origin::External
             })
+    }
+
+    /// Whether `fib daddr type local` holds: a node address, or loopback.
+    fn to_node(&self, node: &NodeFacts) -> bool {
+        let to = self.to.ip();
+        to.is_loopback() || node.node_ips.contains(&to) || self.local_addresses.contains(&to)
     }
 }
 
@@ -93,6 +101,7 @@ pub fn report(table: &Table, node: &NodeFacts, q: &Query, format: Format) -> Str
         },
         dport: q.to.port(),
         from_node: origin == Origin::Node,
+        to_node: q.to_node(node),
     };
     let outcomes = explain(table, &packet);
     let connection = format!(
