@@ -233,8 +233,13 @@ impl<'t> Encoder<'t> {
             Family::Ip6 => (NFPROTO_IPV6, 16),
             Family::Inet => return None,
         };
-        // The key's fields checked the family; else nft would add a check of its own.
-        if self.nfproto != Some(nfproto) {
+        // The key's fields checked the family, or a transport field (`tcp dport`, a NodePort's
+        // key) its protocol: then nft adds no check of its own; otherwise it would.
+        let checked = match self.nfproto {
+            Some(p) => p == nfproto,
+            None => self.l4proto.is_some(),
+        };
+        if !checked {
             return None;
         }
         let set = self.set(map)?;
