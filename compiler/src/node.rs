@@ -75,7 +75,7 @@ impl NodeFacts {
         if self.nodeport_addresses != NodePortAddresses::Primary {
             return vec![];
         }
-        let mut ips: Vec<IpAddr> = self.node_ips.iter().copied().collect();
+        let mut ips = self.node_ips.clone();
         ips.retain(|ip| !ip.is_loopback());
         ips.sort();
         ips.dedup();
@@ -121,5 +121,56 @@ impl NodeFacts {
                 )
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(cidrs: &[&str]) -> NodeFacts {
+        let cidrs = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+        NodeFacts {
+            node_ips: vec![
+                "198.51.100.1".parse().unwrap(),
+                "127.0.0.1".parse().unwrap(),
+            ],
+            nodeport_addresses: NodePortAddresses::Cidrs(cidrs),
+            ..NodeFacts::default()
+        }
+    }
+
+    #[test]
+    fn primary_is_the_node_ips_but_loopback() {
+        let primary = NodeFacts {
+            nodeport_addresses: NodePortAddresses::Primary,
+            ..on(&[])
+        };
+        assert_eq!(
+            primary.nodeport_ips(),
+            ["198.51.100.1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(primary.nodeport_ranges(false), None);
+    }
+
+    #[test]
+    fn a_family_without_a_cidr_takes_every_local_address() {
+        let facts = on(&["10.0.0.0/8"]);
+        assert!(facts.nodeport_ips().is_empty());
+        assert_eq!(
+            facts.nodeport_ranges(false),
+            Some(vec!["10.0.0.0/8".parse().unwrap()])
+        );
+        assert_eq!(
+            facts.nodeport_ranges(true),
+            Some(vec!["::/0".parse().unwrap()])
+        );
+        assert!(facts.warnings().is_empty());
+    }
+
+    #[test]
+    fn loopback_cidrs_are_warned_about_but_zero_cidrs_are_not() {
+        assert_eq!(on(&["127.0.0.0/16", "::1/128"]).warnings().len(), 2);
+        assert!(on(&["0.0.0.0/0", "::/0"]).warnings().is_empty());
     }
 }

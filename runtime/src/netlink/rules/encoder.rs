@@ -214,7 +214,7 @@ impl<'t> Encoder<'t> {
             IpAddr::V6(a) => a.octets().to_vec(),
         };
         let take = usize::from(net.prefix_len() / 8);
-        if net.prefix_len() % 8 != 0 || bytes.len() != len || take == 0 {
+        if !net.prefix_len().is_multiple_of(8) || bytes.len() != len || take == 0 {
             return None;
         }
         self.field(&Field(Load::Payload(base, offset), take, false), 0);
