@@ -406,6 +406,9 @@ impl Elements<'_> {
 pub struct UdpTargets {
     /// Frontends (`address, port`) that DNAT somewhere.
     pub frontends: BTreeSet<(IpAddr, u16)>,
+    /// NodePorts on `--nodeport-addresses` CIDRs (IPv6?, port) that DNAT somewhere: frontends
+    /// on every covered local address.
+    pub node_ports: BTreeSet<(bool, u16)>,
     /// The endpoints they DNAT to.
     pub endpoints: BTreeSet<(IpAddr, u16)>,
 }
@@ -429,6 +432,13 @@ pub fn udp_targets(table: &Table) -> UdpTargets {
             let dnat = matches!(elem.data, Some(Data::Verdict(Verdict::Goto(_))));
             if let ([a, Value::Proto(L4Proto::Udp), p], true) = (key.as_slice(), dnat) {
                 out.frontends.extend(socket(a, p));
+            }
+        }
+        let node_ports = table.sets.get(&f.name("service-nodeports"));
+        for (key, elem) in node_ports.map(|s| &s.elements).into_iter().flatten() {
+            let dnat = matches!(elem.data, Some(Data::Verdict(Verdict::Goto(_))));
+            if let ([Value::Proto(L4Proto::Udp), Value::Port(p)], true) = (key.as_slice(), dnat) {
+                out.node_ports.insert((f.v6, *p));
             }
         }
         for (local, nodeport) in [(false, false), (true, false), (false, true), (true, true)] {

@@ -280,6 +280,7 @@ impl Incremental {
                 .difference(&gone.frontends)
                 .copied()
                 .collect(),
+            node_ports: &arrived.node_ports - &gone.node_ports,
             endpoints: gone
                 .endpoints
                 .into_iter()
