@@ -6,9 +6,12 @@
 mod netns;
 
 use netns::cluster::{pairs, service, Cluster, B1, B1_V6, B2, B2_V6, CIDRS};
-use netns::{tcp, Outcome};
+use netns::manifest_agent::AgentProcess;
+use netns::{eventually, tcp, Outcome};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(1);
 /// The second address, on the node's link to x2 (a secondary address, not a --node-ip).
@@ -148,4 +151,77 @@ fn loopback_is_refused_with_a_warning() {
         assert_eq!(outcome, Outcome::Refused, "{to}: no localhost NodePorts");
     }
     refused(&k, k.x1, "198.51.100.1:30001");
+}
+
+/// A NodePort UDP Service (port 30053) with b1 as its endpoint.
+const UDP_NODEPORT: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: t}\n\
+    spec: {type: NodePort, clusterIP: 10.96.5.53, ports: [{port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}]}\n\
+    ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+    metadata: {name: dns-a, namespace: t, labels: {kubernetes.io/service-name: dns}}\n\
+    addressType: IPv4\nports: [{port: 5353, protocol: UDP}]\nendpoints: [{addresses: [10.244.1.2]}]\n";
+
+/// How long after the sync the client may still be refused: generous for a slow machine, yet
+/// never reached without the conntrack cleanup (the client's entry, refreshed every 50 ms,
+/// would live on un-NATed).
+const STUCK: Duration = Duration::from_secs(15);
+
+/// A UDP client that kept sending to a NodePort on a CIDR before the Service existed (its
+/// conntrack entry recorded the refusal) reaches the endpoint as soon as the agent syncs it.
+#[test]
+fn a_udp_client_reaches_a_new_nodeport_on_a_cidr_at_once() {
+    if !netns::require() {
+        return;
+    }
+    let k = cluster(Some("all"));
+    let agent = AgentProcess::start(&k.lab.node, "np-udp", &["--nodeport-addresses", "all"]);
+    let to: std::net::SocketAddr = format!("{SECOND_V4}:30053").parse().unwrap();
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let answered: Arc<std::sync::Mutex<Option<(Instant, String)>>> = Arc::default();
+    std::thread::scope(|scope| {
+        let (client_stop, client_sent, heard) = (stop.clone(), sent.clone(), answered.clone());
+        let client = scope.spawn(|| {
+            k.ns(k.x2).run(move || {
+                // One socket, one source port: one conntrack entry for as long as it sends.
+                let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                socket.connect(to).unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let mut buf = [0u8; 256];
+                while !client_stop.load(Ordering::Relaxed) {
+                    // Refused (ICMP) before the Service exists: send and recv report it.
+                    let _ = socket.send(b"who?");
+                    client_sent.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(n) = socket.recv(&mut buf) {
+                        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                        heard.lock().unwrap().get_or_insert((Instant::now(), text));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        });
+        eventually("the client sending before the Service exists", || {
+            sent.load(Ordering::Relaxed) > 5
+        });
+        assert!(
+            answered.lock().unwrap().is_none(),
+            "answered without a Service"
+        );
+        let mark = agent.log.mark();
+        agent.write("dns.yaml", UDP_NODEPORT);
+        let synced = agent
+            .log
+            .wait_for_sync("the sync that adds the NodePort", mark);
+        while answered.lock().unwrap().is_none() && synced.elapsed() < STUCK {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        client.join().unwrap();
+    });
+    let answered = answered.lock().unwrap().clone();
+    let (_, text) = answered.unwrap_or_else(|| panic!("the client never reached the NodePort"));
+    assert!(text.starts_with("10.244.1.2 "), "{text}");
 }
