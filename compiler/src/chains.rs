@@ -320,33 +320,22 @@ fn nodeport_rules(f: Ipf) -> NodePortRules {
         true => Value::Ipv6(std::net::Ipv6Addr::LOCALHOST),
     };
     let local = || {
-        [
+        vec![
             matches_value(Expr::FibDaddrType, Value::LocalAddress),
             Stmt::differs(f.daddr(), Expr::Value(loopback.clone())),
             Stmt::matches(f.daddr(), set("nodeport-addresses")),
         ]
     };
-    let services = rule(
-        [
-            local().to_vec(),
-            vec![Stmt::Vmap {
-                key: port_key(),
-                map: f.name("service-nodeports"),
-            }],
-        ]
-        .concat(),
-    );
-    let check = rule(
-        [
-            local().to_vec(),
-            vec![
-                Stmt::matches(port_key(), set("nodeport-no-endpoints")),
-                goto("reject-chain"),
-            ],
-        ]
-        .concat(),
-    )
-    .with_comment("NodePort of a Service without endpoints");
+    let mut services = local();
+    services.push(Stmt::Vmap {
+        key: port_key(),
+        map: f.name("service-nodeports"),
+    });
+    let mut check = local();
+    check.extend([
+        Stmt::matches(port_key(), set("nodeport-no-endpoints")),
+        goto("reject-chain"),
+    ]);
     let remember = PROTOCOLS.into_iter().map(|proto| {
         let original = Expr::Concat(vec![
             Expr::Meta(MetaKey::L4Proto),
@@ -364,8 +353,8 @@ fn nodeport_rules(f: Ipf) -> NodePortRules {
         ])
     });
     NodePortRules {
-        services,
-        check,
+        services: rule(services),
+        check: rule(check).with_comment("NodePort of a Service without endpoints"),
         remember: remember.collect(),
     }
 }
