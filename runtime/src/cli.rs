@@ -103,7 +103,8 @@ pub enum Command {
         to: SocketAddr,
         #[arg(long, value_enum, default_value = "tcp")]
         proto: Proto,
-        /// Default: node if --from is a node IP, pod if it is in --cluster-cidr, else external.
+        /// Default: node if --from is a node IP or --local-address, pod if it is in
+        /// --cluster-cidr, else external.
         #[arg(long, value_enum)]
         origin: Option<Origin>,
         /// Addresses of this node besides --node-ip (a second interface, a secondary
