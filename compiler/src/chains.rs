@@ -3,7 +3,7 @@
 
 use crate::family::{Ipf, FAMILIES};
 use crate::layout::{endpoints_map, PROTOCOLS};
-use crate::node::NodeFacts;
+use crate::node::{loopback, NodeFacts};
 use std::collections::BTreeSet;
 use svc_nft_ir::{
     BaseChain, BinOp, Chain, ChainType, CtKey, CtState, Expr, Hook, L4Proto, MetaKey, Payload,
@@ -14,19 +14,29 @@ use svc_nft_ir::{
 pub const MASQUERADE_MARK: u32 = 0x4000;
 
 /// How a frontend's traffic picks its endpoint. Chains are shared by every Service port with
-/// the same kind, family, protocol and endpoint counts.
+/// the same kind, family, protocol and endpoint counts. `nodeport`: the frontend is a NodePort
+/// on every covered local address (`--nodeport-addresses` CIDRs), so its endpoints are keyed
+/// by port alone, not by address and port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Pick {
     /// Traffic to a cluster IP, and what `ExternalLocal` short-circuits: masquerade only
     /// off-cluster clients (with `--masquerade-all`, every client of a cluster IP); `local`:
     /// this node's endpoints (`internalTrafficPolicy: Local`).
-    Internal { local: bool, n: usize },
+    Internal {
+        local: bool,
+        n: usize,
+        nodeport: bool,
+    },
     /// External traffic with `externalTrafficPolicy: Cluster`: always masqueraded.
-    External { n: usize },
+    External { n: usize, nodeport: bool },
     /// External traffic with `externalTrafficPolicy: Local`: this node's endpoints, client
     /// address kept; DROP without one. Pods and the node itself are short-circuited to all
     /// endpoints, as kube-proxy does.
-    ExternalLocal { local: usize, cluster: usize },
+    ExternalLocal {
+        local: usize,
+        cluster: usize,
+        nodeport: bool,
+    },
 }
 
 impl Pick {
@@ -39,14 +49,39 @@ impl Pick {
         }
     }
 
-    fn name(self, f: Ipf, proto: L4Proto) -> String {
+    pub fn nodeport(self) -> bool {
         match self {
-            Pick::Internal { local: false, n } => f.name("pick") + &format!("-{proto}-{n}"),
-            Pick::Internal { local: true, n } => f.name("pick-local") + &format!("-{proto}-{n}"),
-            Pick::External { n } => f.name("external") + &format!("-{proto}-{n}"),
-            Pick::ExternalLocal { local, cluster } => {
+            Pick::Internal { nodeport, .. }
+            | Pick::External { nodeport, .. }
+            | Pick::ExternalLocal { nodeport, .. } => nodeport,
+        }
+    }
+
+    fn name(self, f: Ipf, proto: L4Proto) -> String {
+        let name = match self {
+            Pick::Internal {
+                local: false, n, ..
+            } => f.name("pick") + &format!("-{proto}-{n}"),
+            Pick::Internal { local: true, n, .. } => {
+                f.name("pick-local") + &format!("-{proto}-{n}")
+            }
+            Pick::External { n, .. } => f.name("external") + &format!("-{proto}-{n}"),
+            Pick::ExternalLocal { local, cluster, .. } => {
                 f.name("external-local") + &format!("-{proto}-{local}-{cluster}")
             }
+        };
+        match self.nodeport() {
+            true => format!("nodeport-{name}"),
+            false => name,
+        }
+    }
+
+    /// The chain `ExternalLocal` sends pods and the node to: all endpoints.
+    fn short_circuit(cluster: usize, nodeport: bool) -> Pick {
+        Pick::Internal {
+            local: false,
+            n: cluster,
+            nodeport,
         }
     }
 }
@@ -59,15 +94,11 @@ pub fn register(
     pick: Pick,
 ) -> String {
     picks.insert((f, proto, pick));
-    if let Pick::ExternalLocal { cluster, .. } = pick {
-        picks.insert((
-            f,
-            proto,
-            Pick::Internal {
-                local: false,
-                n: cluster,
-            },
-        ));
+    if let Pick::ExternalLocal {
+        cluster, nodeport, ..
+    } = pick
+    {
+        picks.insert((f, proto, Pick::short_circuit(cluster, nodeport)));
     }
     pick.name(f, proto)
 }
@@ -135,8 +166,9 @@ pub fn recorder(f: Ipf, proto: L4Proto, timeout: u32) -> (String, Chain) {
 }
 
 /// DNAT to the recorded endpoint of a client with session affinity, if there is one, else to
-/// slot `random mod n` of the map.
-fn dnat(f: Ipf, proto: L4Proto, local: bool, n: usize) -> Vec<Rule> {
+/// slot `random mod n` of the map (keyed by frontend address and port, or for NodePorts on
+/// CIDRs by port alone).
+fn dnat(f: Ipf, proto: L4Proto, local: bool, n: usize, nodeport: bool) -> Vec<Rule> {
     let client = [f.saddr()].into_iter().chain(f.frontend_key());
     let dport = Expr::Payload(Payload::Dport(proto));
     let remembered = rule(vec![Stmt::DnatMap {
@@ -144,10 +176,15 @@ fn dnat(f: Ipf, proto: L4Proto, local: bool, n: usize) -> Vec<Rule> {
         key: Expr::Concat(client.collect()),
         map: f.name("affinity"),
     }]);
+    let slot = Expr::NumgenRandom(n as u32);
+    let key = match nodeport {
+        true => vec![dport, slot],
+        false => vec![f.daddr(), dport, slot],
+    };
     let random = rule(vec![Stmt::DnatMap {
         family: f.nat_family(),
-        key: Expr::Concat(vec![f.daddr(), dport, Expr::NumgenRandom(n as u32)]),
-        map: endpoints_map(f, proto, local),
+        key: Expr::Concat(key),
+        map: endpoints_map(f, proto, local, nodeport),
     }]);
     vec![remembered, random]
 }
@@ -155,7 +192,7 @@ fn dnat(f: Ipf, proto: L4Proto, local: bool, n: usize) -> Vec<Rule> {
 fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> Chain {
     let mut rules = Vec::new();
     match pick {
-        Pick::Internal { local, n } => {
+        Pick::Internal { local, n, nodeport } => {
             let has_cluster_cidr = f.prefixes(&node.cluster_cidrs).next().is_some();
             if node.masquerade_all {
                 // Only traffic to a cluster IP, as kube-proxy: pods short-circuited here from
@@ -166,18 +203,18 @@ fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> Chain {
                 let off_cluster = Stmt::differs(f.saddr(), Expr::SetRef(f.name("cluster-cidrs")));
                 rules.push(rule(vec![off_cluster, set_mark()]));
             }
-            rules.extend(dnat(f, proto, local, n));
+            rules.extend(dnat(f, proto, local, n, nodeport));
         }
-        Pick::External { n } => {
+        Pick::External { n, nodeport } => {
             rules.push(rule(vec![set_mark()]));
-            rules.extend(dnat(f, proto, false, n));
+            rules.extend(dnat(f, proto, false, n, nodeport));
         }
-        Pick::ExternalLocal { local, cluster } => {
-            let all = Pick::Internal {
-                local: false,
-                n: cluster,
-            }
-            .name(f, proto);
+        Pick::ExternalLocal {
+            local,
+            cluster,
+            nodeport,
+        } => {
+            let all = Pick::short_circuit(cluster, nodeport).name(f, proto);
             if f.prefixes(&node.cluster_cidrs).next().is_some() {
                 let from_pod = Stmt::matches(f.saddr(), Expr::SetRef(f.name("cluster-cidrs")));
                 rules.push(
@@ -195,7 +232,7 @@ fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> Chain {
                         .with_comment("no endpoint on this node"),
                 );
             } else {
-                rules.extend(dnat(f, proto, true, local));
+                rules.extend(dnat(f, proto, true, local, nodeport));
             }
         }
     }
@@ -258,8 +295,72 @@ pub fn affinity_recorders(table: &Table) -> Vec<AffinityRecorder> {
     out
 }
 
+/// The rules of NodePorts on every local address `--nodeport-addresses` covers, for family `f`.
+struct NodePortRules {
+    /// In `services`, after the frontends: a local address in the CIDRs takes the NodePort.
+    services: Rule,
+    /// In `cluster-ips-check`: the same address match refuses a NodePort without endpoints.
+    check: Rule,
+    /// In `nat-postrouting`, per protocol: record affinity of a NodePort's clients. Cluster IPs
+    /// (which `all` covers) have their own recorders in `affinity-ports`.
+    remember: Vec<Rule>,
+}
+
+fn nodeport_rules(f: Ipf) -> NodePortRules {
+    let set = |name: &str| Expr::SetRef(f.name(name));
+    let port_key = || {
+        Expr::Concat(vec![
+            Expr::Meta(MetaKey::L4Proto),
+            Expr::Payload(Payload::ThDport),
+        ])
+    };
+    // `fib` calls loopback local too; kube-proxy's nftables mode leaves it out the same way.
+    let loopback = match f.v6 {
+        false => Value::Prefix(loopback(false)),
+        true => Value::Ipv6(std::net::Ipv6Addr::LOCALHOST),
+    };
+    let local = || {
+        vec![
+            matches_value(Expr::FibDaddrType, Value::LocalAddress),
+            Stmt::differs(f.daddr(), Expr::Value(loopback.clone())),
+            Stmt::matches(f.daddr(), set("nodeport-addresses")),
+        ]
+    };
+    let mut services = local();
+    services.push(Stmt::Vmap {
+        key: port_key(),
+        map: f.name("service-nodeports"),
+    });
+    let mut check = local();
+    check.extend([
+        Stmt::matches(port_key(), set("nodeport-no-endpoints")),
+        goto("reject-chain"),
+    ]);
+    let remember = PROTOCOLS.into_iter().map(|proto| {
+        let original = Expr::Concat(vec![
+            Expr::Meta(MetaKey::L4Proto),
+            Expr::Ct(CtKey::OriginalProtoDst),
+        ]);
+        rule(vec![
+            is_proto(proto),
+            matches_value(Expr::Ct(CtKey::Status), Value::CtStatusDnat),
+            Stmt::matches(f.original_daddr(), set("nodeport-addresses")),
+            Stmt::differs(f.original_daddr(), set("cluster-ips")),
+            Stmt::Vmap {
+                key: original,
+                map: f.name("nodeport-affinity-ports"),
+            },
+        ])
+    });
+    NodePortRules {
+        services: rule(services),
+        check: rule(check).with_comment("NodePort of a Service without endpoints"),
+        remember: remember.collect(),
+    }
+}
+
 /// Add the hooks and the chains that do not depend on the Services.
-pub fn add_fixed(table: &mut Table) {
+pub fn add_fixed(table: &mut Table, node: &NodeFacts) {
     use ChainType::{Filter, Nat};
     let ct_new = || matches_value(Expr::Ct(CtKey::State), Value::CtState(CtState::New));
     let ct_dnat = || matches_value(Expr::Ct(CtKey::Status), Value::CtStatusDnat);
@@ -275,6 +376,7 @@ pub fn add_fixed(table: &mut Table) {
             key: frontend(),
             map: f.name("service-ports"),
         }]));
+        let nodeports = node.nodeport_ranges(f.v6).map(|_| nodeport_rules(f));
         check.extend([
             rule(vec![
                 Stmt::matches(frontend(), set("no-endpoints")),
@@ -292,6 +394,16 @@ pub fn add_fixed(table: &mut Table) {
             ])
             .with_comment("service CIDR address no Service owns"),
         ]);
+        if let Some(NodePortRules {
+            services: s,
+            check: c,
+            remember,
+        }) = nodeports
+        {
+            services.push(s);
+            check.push(c);
+            postrouting.extend(remember);
+        }
         let mut source = f.frontend_key();
         source.push(f.saddr());
         firewall.push(

@@ -46,6 +46,9 @@ pub struct ServicePort {
     pub external: Vec<Frontend>,
     /// Load-balancer IPs: external too, and subject to `allowed_sources`.
     pub load_balancers: Vec<Frontend>,
+    /// The NodePort on every local address `--nodeport-addresses` covers (CIDRs; with
+    /// `primary` NodePorts are in `external`, one per node IP).
+    pub node_port: Option<u16>,
     /// Who may reach the load-balancer IPs; empty: anyone.
     pub allowed_sources: Vec<IpNet>,
     pub endpoints: Chosen,
@@ -57,14 +60,18 @@ pub struct ServicePort {
 
 pub const PROTOCOLS: [L4Proto; 3] = [L4Proto::Tcp, L4Proto::Udp, L4Proto::Sctp];
 
-/// The data map of a family and protocol: all endpoints, or only this node's.
-pub fn endpoints_map(f: Ipf, proto: L4Proto, local: bool) -> String {
-    let base = if local {
-        "local-endpoints"
-    } else {
-        "endpoints"
+/// The data map of a family and protocol: all endpoints, or only this node's; of frontends
+/// (keyed by address and port) or of NodePorts on CIDRs (by port).
+pub fn endpoints_map(f: Ipf, proto: L4Proto, local: bool, nodeport: bool) -> String {
+    let base = match local {
+        true => "local-endpoints",
+        false => "endpoints",
     };
-    f.name(base) + &format!("-{proto}")
+    let name = f.name(base) + &format!("-{proto}");
+    match nodeport {
+        true => format!("nodeport-{name}"),
+        false => name,
+    }
 }
 
 /// What Service ports add to the table: elements, and the chains they jump to.
@@ -108,7 +115,7 @@ pub fn skeleton(node: &NodeFacts) -> Table {
     for f in FAMILIES {
         add_family_sets(&mut table, node, f);
     }
-    chains::add_fixed(&mut table);
+    chains::add_fixed(&mut table, node);
     table
 }
 
@@ -164,6 +171,31 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
     table.sets.insert(f.name("affinity"), affinity);
     let ports = Set::verdict_map(TypeSpec::Type(frontend()));
     table.sets.insert(f.name("affinity-ports"), ports);
+    add_endpoint_maps(table, f, false);
+    if let Some(ranges) = node.nodeport_ranges(f.v6) {
+        add_nodeport_sets(table, f, &ranges);
+    }
+}
+
+/// The sets of NodePorts on CIDRs: which addresses, and per `proto . port` the verdict, the
+/// refusal without endpoints and the affinity recorder.
+fn add_nodeport_sets(table: &mut Table, f: Ipf, ranges: &[IpNet]) {
+    let port = || TypeSpec::Type(vec![DataType::InetProto, DataType::InetService]);
+    let sets = [
+        ("nodeport-addresses", interval_set(f, ranges)),
+        ("service-nodeports", Set::verdict_map(port())),
+        ("nodeport-no-endpoints", Set::keys(port())),
+        ("nodeport-affinity-ports", Set::verdict_map(port())),
+    ];
+    for (name, set) in sets {
+        table.sets.insert(f.name(name), set);
+    }
+    add_endpoint_maps(table, f, true);
+}
+
+/// The endpoint maps of family `f`, per protocol, all and local: keyed by frontend address,
+/// port and slot, or for NodePorts on CIDRs by port and slot.
+fn add_endpoint_maps(table: &mut Table, f: Ipf, nodeport: bool) {
     for proto in PROTOCOLS {
         for local in [false, true] {
             // One map per protocol: nft 1.0.6 cannot add a rule using a map whose data is
@@ -171,10 +203,15 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
             // typing it `tcp dport` makes the rule match TCP only.
             let dport = Expr::Payload(Payload::Dport(proto));
             // The modulus in a `typeof` only types the slot; each pick chain uses its own.
-            let key = vec![f.daddr(), dport.clone(), Expr::NumgenRandom(1)];
+            let mut key = vec![f.daddr(), dport.clone(), Expr::NumgenRandom(1)];
+            if nodeport {
+                key.remove(0);
+            }
             let backend = vec![f.daddr(), dport];
             let map = Set::data_map(TypeSpec::Typeof(key), TypeSpec::Typeof(backend));
-            table.sets.insert(endpoints_map(f, proto, local), map);
+            table
+                .sets
+                .insert(endpoints_map(f, proto, local, nodeport), map);
         }
     }
 }
@@ -195,6 +232,29 @@ fn element_comment(label: &str) -> String {
     format!("{}…", &label[..end])
 }
 
+/// Where a frontend's elements go.
+#[derive(Clone, Copy)]
+enum At {
+    /// `address . proto . port` in `service-ports`.
+    Frontend(Frontend),
+    /// `proto . port` in `service-nodeports`: every local address the CIDRs cover.
+    NodePort(u16),
+}
+
+impl At {
+    fn nodeport(self) -> bool {
+        matches!(self, At::NodePort(_))
+    }
+
+    /// The name of set `base` this frontend uses in family `f`.
+    fn set(self, f: Ipf, base: &str) -> String {
+        match self {
+            At::Frontend(_) => f.name(base),
+            At::NodePort(_) => f.name(&format!("nodeport-{base}")),
+        }
+    }
+}
+
 /// Writes the elements of one Service port.
 struct Elements<'a> {
     out: &'a mut Contribution,
@@ -209,12 +269,24 @@ impl Elements<'_> {
         self.out.elements.push((set.to_string(), key, element));
     }
 
-    fn frontend_key(&self, fe: &Frontend) -> Key {
-        vec![
-            addr(&fe.addr),
-            Value::Proto(self.sp.proto),
-            Value::Port(fe.port),
-        ]
+    fn key(&self, at: At) -> Key {
+        match at {
+            At::Frontend(fe) => vec![
+                addr(&fe.addr),
+                Value::Proto(self.sp.proto),
+                Value::Port(fe.port),
+            ],
+            At::NodePort(port) => vec![Value::Proto(self.sp.proto), Value::Port(port)],
+        }
+    }
+
+    /// The external frontends: NodePorts, external and load-balancer IPs.
+    fn externals(&self) -> Vec<At> {
+        let sp = self.sp;
+        let frontends = sp.external.iter().chain(&sp.load_balancers);
+        let mut out: Vec<At> = frontends.copied().map(At::Frontend).collect();
+        out.extend(sp.node_port.map(At::NodePort));
+        out
     }
 
     fn add(&mut self) {
@@ -226,50 +298,40 @@ impl Elements<'_> {
         let chosen = &sp.endpoints;
         if !chosen.any {
             // Not DNATed: cluster-ips-check refuses the cluster IP, no-endpoints the others.
-            for fe in sp.external.iter().chain(&sp.load_balancers) {
-                self.insert(&f.name("no-endpoints"), self.frontend_key(fe), None, true);
+            for at in self.externals() {
+                self.insert(&at.set(f, "no-endpoints"), self.key(at), None, true);
             }
             return;
         }
-        let internal = if sp.internal_local && chosen.local.is_empty() {
-            None
-        } else {
-            Some(Pick::Internal {
-                local: sp.internal_local,
-                n: if sp.internal_local {
-                    chosen.local.len()
-                } else {
-                    chosen.cluster.len()
-                },
-            })
+        let internal = match (sp.internal_local, chosen.local.len()) {
+            (true, 0) => None,
+            (true, n) => Some((true, n)),
+            (false, _) => Some((false, chosen.cluster.len())),
         };
         if sp.serves_cluster_ip {
-            self.frontend(&sp.cluster_ip, internal);
+            let pick = internal.map(|(local, n)| Pick::Internal {
+                local,
+                n,
+                nodeport: false,
+            });
+            self.frontend(At::Frontend(sp.cluster_ip), pick);
         }
-        let external = if sp.external_local {
-            Pick::ExternalLocal {
-                local: chosen.local.len(),
-                cluster: chosen.cluster.len(),
-            }
-        } else {
-            Pick::External {
-                n: chosen.cluster.len(),
-            }
-        };
-        for fe in sp.external.iter().chain(&sp.load_balancers) {
-            self.frontend(fe, Some(external));
+        for at in self.externals() {
+            let nodeport = at.nodeport();
+            let external = match sp.external_local {
+                true => Pick::ExternalLocal {
+                    local: chosen.local.len(),
+                    cluster: chosen.cluster.len(),
+                    nodeport,
+                },
+                false => Pick::External {
+                    n: chosen.cluster.len(),
+                    nodeport,
+                },
+            };
+            self.frontend(at, Some(external));
         }
-        if !sp.allowed_sources.is_empty() {
-            for fe in &sp.load_balancers {
-                let key = self.frontend_key(fe);
-                self.insert(&f.name("firewalled"), key.clone(), None, true);
-                for range in &sp.allowed_sources {
-                    let mut source = key.clone();
-                    source.push(Value::Prefix(*range));
-                    self.insert(&f.name("lb-sources"), source, None, false);
-                }
-            }
-        }
+        self.firewall();
         for (ip, _) in chosen.cluster.iter().chain(&chosen.local) {
             // An endpoint that reaches itself through its Service must be masqueraded, or it
             // would answer itself from the wrong address.
@@ -277,50 +339,62 @@ impl Elements<'_> {
         }
     }
 
+    /// `loadBalancerSourceRanges`: who may reach the load-balancer IPs.
+    fn firewall(&mut self) {
+        let (f, sp) = (self.f, self.sp);
+        if sp.allowed_sources.is_empty() {
+            return;
+        }
+        for fe in &sp.load_balancers {
+            let key = self.key(At::Frontend(*fe));
+            self.insert(&f.name("firewalled"), key.clone(), None, true);
+            for range in &sp.allowed_sources {
+                let mut source = key.clone();
+                source.push(Value::Prefix(*range));
+                self.insert(&f.name("lb-sources"), source, None, false);
+            }
+        }
+    }
+
     /// Route one frontend: to a pick chain (filling the endpoint maps it reads), or, with no
     /// pick, DROP.
-    fn frontend(&mut self, fe: &Frontend, pick: Option<Pick>) {
+    fn frontend(&mut self, at: At, pick: Option<Pick>) {
         let (f, sp) = (self.f, self.sp);
-        let key = self.frontend_key(fe);
+        let key = self.key(at);
         let verdict = match pick {
             None => Verdict::Drop,
             Some(pick) => {
                 let chain = chains::register(&mut self.out.picks, f, sp.proto, pick);
                 let (cluster, local) = pick.maps();
                 if cluster {
-                    self.backends(fe, false, &sp.endpoints.cluster);
+                    self.backends(at, false, &sp.endpoints.cluster);
                 }
                 if local {
-                    self.backends(fe, true, &sp.endpoints.local);
+                    self.backends(at, true, &sp.endpoints.local);
                 }
                 Verdict::Goto(chain)
             }
         };
-        self.insert(
-            &f.name("service-ports"),
-            key.clone(),
-            Some(Data::Verdict(verdict)),
-            true,
-        );
+        let ports = match at {
+            At::Frontend(_) => f.name("service-ports"),
+            At::NodePort(_) => f.name("service-nodeports"),
+        };
+        self.insert(&ports, key.clone(), Some(Data::Verdict(verdict)), true);
         if let Some(timeout) = sp.affinity_timeout {
             let remember = Verdict::Jump(chains::remember_chain(f, sp.proto, timeout));
-            self.insert(
-                &f.name("affinity-ports"),
-                key,
-                Some(Data::Verdict(remember)),
-                false,
-            );
+            let data = Some(Data::Verdict(remember));
+            self.insert(&at.set(f, "affinity-ports"), key, data, false);
         }
     }
 
-    fn backends(&mut self, fe: &Frontend, local: bool, backends: &[Backend]) {
-        let map = endpoints_map(self.f, self.sp.proto, local);
+    fn backends(&mut self, at: At, local: bool, backends: &[Backend]) {
+        let map = endpoints_map(self.f, self.sp.proto, local, at.nodeport());
         for (slot, (ip, port)) in backends.iter().enumerate() {
-            let key = vec![
-                addr(&fe.addr),
-                Value::Port(fe.port),
-                Value::Int(slot as u32),
-            ];
+            let mut key = match at {
+                At::Frontend(fe) => vec![addr(&fe.addr), Value::Port(fe.port)],
+                At::NodePort(port) => vec![Value::Port(port)],
+            };
+            key.push(Value::Int(slot as u32));
             let target = Data::Values(vec![addr(ip), Value::Port(*port)]);
             self.insert(&map, key, Some(target), false);
         }
@@ -332,6 +406,9 @@ impl Elements<'_> {
 pub struct UdpTargets {
     /// Frontends (`address, port`) that DNAT somewhere.
     pub frontends: BTreeSet<(IpAddr, u16)>,
+    /// NodePorts on `--nodeport-addresses` CIDRs (IPv6?, port) that DNAT somewhere: frontends
+    /// on every covered local address.
+    pub node_ports: BTreeSet<(bool, u16)>,
     /// The endpoints they DNAT to.
     pub endpoints: BTreeSet<(IpAddr, u16)>,
 }
@@ -357,8 +434,17 @@ pub fn udp_targets(table: &Table) -> UdpTargets {
                 out.frontends.extend(socket(a, p));
             }
         }
-        for local in [false, true] {
-            let map = table.sets.get(&endpoints_map(f, L4Proto::Udp, local));
+        let node_ports = table.sets.get(&f.name("service-nodeports"));
+        for (key, elem) in node_ports.map(|s| &s.elements).into_iter().flatten() {
+            let dnat = matches!(elem.data, Some(Data::Verdict(Verdict::Goto(_))));
+            if let ([Value::Proto(L4Proto::Udp), Value::Port(p)], true) = (key.as_slice(), dnat) {
+                out.node_ports.insert((f.v6, *p));
+            }
+        }
+        for (local, nodeport) in [(false, false), (true, false), (false, true), (true, true)] {
+            let map = table
+                .sets
+                .get(&endpoints_map(f, L4Proto::Udp, local, nodeport));
             for elem in map.map(|m| m.elements.values()).into_iter().flatten() {
                 if let Some(Data::Values(v)) = &elem.data {
                     out.endpoints.extend(socket(&v[0], &v[1]));

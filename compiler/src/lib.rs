@@ -22,7 +22,7 @@ pub use diagnostic::{Diagnostic, ObjectId, Origin, Severity};
 pub use incremental::{Delta, HealthCheck, Incremental, NoLocalEndpoints};
 pub use layout::{udp_targets, UdpTargets};
 pub use manifest::{parse, Object, Resource};
-pub use node::{NodeFacts, DEFAULT_TABLE};
+pub use node::{NodeFacts, NodePortAddresses, DEFAULT_TABLE};
 
 use model::{Invalid, ServiceInfo, ServiceName, SliceInfo};
 use std::collections::BTreeMap;

@@ -23,8 +23,11 @@ pub enum Claim {
     /// port takes are refused) and every port on it.
     ClusterIp(IpAddr),
     /// A key of `service-ports`: a port on a cluster, external or load-balancer IP, or a
-    /// NodePort on one node IP.
+    /// NodePort on one node IP (`--nodeport-addresses primary`).
     Frontend(IpAddr, L4Proto, u16),
+    /// A key of `service-nodeports`: a NodePort on every local address the
+    /// `--nodeport-addresses` CIDRs cover, in one family.
+    NodePort { v6: bool, proto: L4Proto, port: u16 },
 }
 
 impl Display for Claim {
@@ -34,6 +37,11 @@ impl Display for Claim {
             Claim::Frontend(ip, proto, port) => {
                 let proto = format!("{proto}").to_uppercase();
                 write!(f, "{}/{proto}", SocketAddr::new(*ip, *port))
+            }
+            Claim::NodePort { v6, proto, port } => {
+                let proto = format!("{proto}").to_uppercase();
+                let family = if *v6 { "IPv6" } else { "IPv4" };
+                write!(f, "NodePort {port}/{proto} ({family})")
             }
         }
     }
@@ -143,6 +151,23 @@ fn ways(info: &ServiceInfo, node_ips: &[IpAddr], ip: IpAddr, j: usize) -> Vec<Wa
     out
 }
 
+/// The claim of port `j`'s NodePort on the CIDRs of `--nodeport-addresses`, in the family of
+/// cluster IP `ip` (none with `primary`: there NodePorts are frontends of node IPs).
+fn nodeport_claim(info: &ServiceInfo, node: &NodeFacts, ip: IpAddr, j: usize) -> Option<Wanted> {
+    let sp = &info.ports[j];
+    let v6 = ip.is_ipv6();
+    node.nodeport_ranges(v6)?;
+    Some(Wanted {
+        claim: Claim::NodePort {
+            v6,
+            proto: sp.port.proto,
+            port: sp.node_port?,
+        },
+        field: Field::NodePort(j),
+        under: None,
+    })
+}
+
 /// Everything a Service claims on this node, each claim once (the first field that makes it).
 pub fn wanted(info: &ServiceInfo, node: &NodeFacts) -> Vec<Wanted> {
     let node_ips = node.nodeport_ips();
@@ -155,6 +180,7 @@ pub fn wanted(info: &ServiceInfo, node: &NodeFacts) -> Vec<Wanted> {
         });
         for j in 0..info.ports.len() {
             out.extend(ways(info, &node_ips, ip, j).into_iter().map(|w| w.wanted));
+            out.extend(nodeport_claim(info, node, ip, j));
         }
     }
     let mut seen = HashSet::new();
@@ -242,12 +268,17 @@ impl Expanding<'_> {
             mine.map(|w| w.at).collect()
         };
         let (external, load_balancers) = (held(Role::External), held(Role::LoadBalancer));
+        let node_port = nodeport_claim(info, self.node, ip, j)
+            .filter(|w| w.programmed(self.holds))
+            .and(sp.node_port);
         let holds_cluster_ip = (self.holds)(&Claim::ClusterIp(ip));
-        if !holds_cluster_ip && external.is_empty() && load_balancers.is_empty() {
+        let outside = !external.is_empty() || !load_balancers.is_empty() || node_port.is_some();
+        if !holds_cluster_ip && !outside {
             return None;
         }
         let v6 = ip.is_ipv6();
-        if let Some(node_port) = sp.node_port {
+        let primary = self.node.nodeport_ranges(v6).is_none();
+        if let (Some(node_port), true) = (sp.node_port, primary) {
             if !self.node_ips.iter().any(|a| a.is_ipv6() == v6) {
                 notes.push(format!(
                     "{label}: NodePort {node_port} not programmed: no node IP (--node-ip)"
@@ -260,7 +291,6 @@ impl Expanding<'_> {
             ));
         }
         let endpoints = choose(self.slices, v6, port, self.node);
-        let outside = !external.is_empty() || !load_balancers.is_empty();
         notes.extend(endpoint_notes(
             &label, &ip, port.port, info, &endpoints, outside,
         ));
@@ -277,6 +307,7 @@ impl Expanding<'_> {
             serves_cluster_ip: !held(Role::Cluster).is_empty(),
             external,
             load_balancers,
+            node_port,
             allowed_sources: allowed_sources(info, &lb_ips, self.node),
             endpoints,
             internal_local: info.internal_local,

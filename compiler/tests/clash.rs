@@ -2,7 +2,9 @@
 //! the Service created first (then namespace/name); a running agent leaves it with its holder
 //! until the holder lets go. Either way one warning names both Services and the frontend.
 
-use svc_nft_compiler::{compile, parse, Incremental, NodeFacts, Object, Severity};
+use svc_nft_compiler::{
+    compile, parse, Incremental, NodeFacts, NodePortAddresses, Object, Severity,
+};
 use svc_nft_ir::{L4Proto, Table, Value};
 
 /// A Service with a cluster IP, one port 80 and optionally an external IP, and its endpoint.
@@ -112,6 +114,36 @@ fn a_service_sharing_a_cluster_ip_loses_only_that_address() {
     };
     assert_eq!(d.field.as_deref(), Some("spec.clusterIPs[0]"));
     assert!(!d.is_error());
+}
+
+/// NodePorts on `--nodeport-addresses` CIDRs are claimed by protocol and port alone: one
+/// NodePort number twice is one clash, whatever the node's addresses, and the Service created
+/// first keeps it.
+#[test]
+fn nodeports_on_cidrs_clash_by_port() {
+    let nodeport = |name, created, ip| {
+        service("demo", name, created, ip, "")
+            .replace("spec: {", "spec: {type: NodePort, ")
+            .replace("port: 80}", "port: 80, nodePort: 30080}")
+    };
+    let text = nodeport("late", LATE, "10.96.0.1") + &nodeport("early", EARLY, "10.96.0.2");
+    let node = NodeFacts {
+        nodeport_addresses: NodePortAddresses::Cidrs(vec!["0.0.0.0/0".parse().unwrap()]),
+        ..NodeFacts::default()
+    };
+    let compiled = compile(&objects(&text), &node);
+    let key = vec![Value::Proto(L4Proto::Tcp), Value::Port(30080)];
+    let element = &compiled.table.sets["service-nodeports-v4"].elements[&key];
+    assert_eq!(element.comment.as_deref(), Some("demo/early"));
+    let shown: Vec<String> = compiled.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        shown,
+        ["clash.yaml: document 1: Service demo/late: spec.ports[0].nodePort: NodePort 30080/TCP (IPv4) is held by Service demo/early; not programmed for this Service"]
+    );
+    assert_eq!(
+        owner(&compiled.table, "10.96.0.1", 80).as_deref(),
+        Some("demo/late")
+    );
 }
 
 /// The agent: `demo/y` holds the external IP; `aaa/x` sorts first and is older, and still

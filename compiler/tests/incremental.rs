@@ -75,7 +75,7 @@ mod per_service {
 
     use proptest::prelude::*;
     use std::collections::BTreeMap;
-    use svc_nft_compiler::{compile, parse, Incremental, NodeFacts, Object};
+    use svc_nft_compiler::{compile, parse, Incremental, NodeFacts, NodePortAddresses, Object};
 
     /// A Service `s<i>` and its EndpointSlice, drawn from small pools so that Services clash
     /// on cluster IPs, external IPs and NodePorts, and share endpoints.
@@ -227,11 +227,18 @@ mod per_service {
         objects
     }
 
-    fn node() -> NodeFacts {
+    /// This node; `on_cidrs`: NodePorts on every local address of `--nodeport-addresses
+    /// 192.168.0.0/16` (one `proto . port` frontend), else on the node IP (`primary`).
+    fn node(on_cidrs: bool) -> NodeFacts {
+        let nodeport_addresses = match on_cidrs {
+            true => NodePortAddresses::Cidrs(vec!["192.168.0.0/16".parse().unwrap()]),
+            false => NodePortAddresses::Primary,
+        };
         NodeFacts {
             node_name: Some("node-a".into()),
             node_ips: vec!["192.168.0.10".parse().unwrap()],
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            nodeport_addresses,
             ..NodeFacts::default()
         }
     }
@@ -277,8 +284,9 @@ mod per_service {
         fn flushes_match_a_full_compile(
             steps in prop::collection::vec((0..5usize, prop::option::weighted(0.8, spec())), 1..30),
             batch in 1..4usize,
+            on_cidrs in any::<bool>(),
         ) {
-            let node = node();
+            let node = node(on_cidrs);
             let mut state = Incremental::new(&node);
             let mut kernel = state.table();
             let mut current: BTreeMap<usize, Spec> = BTreeMap::new();
@@ -308,8 +316,9 @@ mod per_service {
         fn flushes_match_rebuilds(
             steps in prop::collection::vec((0..5usize, prop::option::weighted(0.8, spec())), 1..30),
             batch in 1..4usize,
+            on_cidrs in any::<bool>(),
         ) {
-            let node = node();
+            let node = node(on_cidrs);
             let elsewhere = NodeFacts { node_name: Some("node-b".into()), ..node.clone() };
             let (mut state, mut rebuilt) = (Incremental::new(&node), Incremental::new(&node));
             let mut kernel = state.table();

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use svc_nft_compiler::{compile, parse, NodeFacts};
+use svc_nft_compiler::{compile, parse, NodeFacts, NodePortAddresses};
 use svc_nft_ir::replace_script;
 
 /// The node of most golden cases (dual-stack, named, zoned, with pod and Service networks),
@@ -26,10 +26,10 @@ fn rich_node() -> NodeFacts {
             "10.96.0.0/16".parse().unwrap(),
             "fd00:96::/112".parse().unwrap(),
         ],
-        nodeport_addresses: vec![
+        nodeport_addresses: NodePortAddresses::Cidrs(vec![
             "198.51.100.0/24".parse().unwrap(),
             "127.0.0.0/8".parse().unwrap(),
-        ],
+        ]),
         masquerade_all: true,
         ..NodeFacts::default()
     }

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, Once};
-use svc_nft_compiler::{compile, parse, NodeFacts};
+use svc_nft_compiler::{compile, parse, NodeFacts, NodePortAddresses};
 use svc_nft_ir::replace_script;
 
 const NAMESPACES: [&str; 3] = ["default", "ns-a", "kube-system"];
@@ -638,10 +638,18 @@ fn node(n: &Node) -> NodeFacts {
         "::1/128",
         "192.0.2.0/24",
     ];
+    let mut nodeport = Vec::new();
     for (bit, cidr) in ranges.into_iter().enumerate() {
         if n.nodeport_addresses & (1 << bit) != 0 {
-            facts.nodeport_addresses.push(net(cidr));
+            nodeport.push(net(cidr));
         }
+    }
+    // Bit 5: `all`; with no CIDR and no `all`, `primary`.
+    if n.nodeport_addresses & (1 << 5) != 0 {
+        nodeport.extend([net("0.0.0.0/0"), net("::/0")]);
+    }
+    if !nodeport.is_empty() {
+        facts.nodeport_addresses = NodePortAddresses::Cidrs(ipnet::IpNet::aggregate(&nodeport));
     }
     facts
 }

@@ -22,6 +22,8 @@ pub struct Packet {
     pub dport: u16,
     /// Sent by a process on the node itself (`fib saddr type local`, the output hook).
     pub from_node: bool,
+    /// Sent to an address of the node (`fib daddr type local`).
+    pub to_node: bool,
 }
 
 /// What happens to the connection.
@@ -380,7 +382,7 @@ fn eval(st: &State, expr: &Expr, slot: Option<u32>) -> Option<Vec<Value>> {
             .is_ipv6()
             .then(|| vec![addr_value(st.original.daddr)]),
         Expr::Ct(CtKey::OriginalProtoDst) => one(Value::Port(st.original.dport)),
-        Expr::Ct(CtKey::State | CtKey::Status) | Expr::FibSaddrType => None,
+        Expr::Ct(CtKey::State | CtKey::Status) | Expr::FibSaddrType | Expr::FibDaddrType => None,
         Expr::NumgenRandom(_) => slot.map(Value::Int).map(|v| vec![v]),
         Expr::Concat(parts) => {
             let mut out = Vec::new();
@@ -410,6 +412,7 @@ fn matches(table: &Table, st: &State, left: &Expr, op: CmpOp, right: &Expr) -> b
         }
         (Expr::Ct(CtKey::Status), Expr::Value(Value::CtStatusDnat)) => Some(st.dnat),
         (Expr::FibSaddrType, Expr::Value(Value::LocalAddress)) => Some(st.packet.from_node),
+        (Expr::FibDaddrType, Expr::Value(Value::LocalAddress)) => Some(st.packet.to_node),
         _ => None,
     };
     let hit = match property {
@@ -420,7 +423,9 @@ fn matches(table: &Table, st: &State, left: &Expr, op: CmpOp, right: &Expr) -> b
             };
             match right {
                 Expr::SetRef(set) => lookup(table, set, &key).is_some(),
-                other => eval(st, other, None).is_some_and(|r| r == key),
+                other => eval(st, other, None).is_some_and(|r| {
+                    r.len() == key.len() && r.iter().zip(&key).all(|(e, v)| component_matches(e, v))
+                }),
             }
         }
     };

@@ -121,6 +121,9 @@ pub enum Expr {
     SetRef(String),
     /// `fib saddr type`: what kind of address the source is on this host (e.g. local).
     FibSaddrType,
+    /// `fib daddr type`: what kind of address the destination is on this host: `local` for
+    /// every address of every interface, loopback included.
+    FibDaddrType,
 }
 
 /// How a `reject` answers.

@@ -118,6 +118,7 @@ impl Display for Expr {
             Expr::Ct(CtKey::OriginalIp6Daddr) => f.write_str("ct original ip6 daddr"),
             Expr::Ct(CtKey::OriginalProtoDst) => f.write_str("ct original proto-dst"),
             Expr::FibSaddrType => f.write_str("fib saddr type"),
+            Expr::FibDaddrType => f.write_str("fib daddr type"),
             Expr::NumgenRandom(n) => write!(f, "numgen random mod {n}"),
             Expr::Concat(parts) => f.write_str(&join(parts, " . ")),
             Expr::Bitwise(e, op, v) => {

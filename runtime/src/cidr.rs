@@ -4,6 +4,7 @@
 
 use ipnet::IpNet;
 use std::net::IpAddr;
+use svc_nft_compiler::NodePortAddresses;
 
 /// Why a text is not a CIDR.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,10 +23,7 @@ pub enum CidrError {
         family: &'static str,
         max: u8,
     },
-    #[error(
-        "{0:?} is a kube-proxy keyword svc-nft does not take: give CIDRs, or none for every \
-         node IP (kube-proxy's \"primary\")"
-    )]
+    #[error("{0:?} is not a CIDR (only --nodeport-addresses takes the keywords primary and all)")]
     Keyword(String),
 }
 
@@ -49,6 +47,51 @@ pub fn parse(text: &str) -> Result<IpNet, CidrError> {
     IpNet::new(address, length)
         .map(|net| net.trunc())
         .map_err(|_| out_of_range(&length.to_string(), address))
+}
+
+/// One value of `--nodeport-addresses`: a keyword of kube-proxy 1.37 (KEP-6032) or a CIDR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodePortValue {
+    Primary,
+    All,
+    Cidr(IpNet),
+}
+
+/// A `--nodeport-addresses` value, as a flag's value parser.
+pub fn nodeport_value(text: &str) -> Result<NodePortValue, CidrError> {
+    match text.trim() {
+        "primary" => Ok(NodePortValue::Primary),
+        "all" => Ok(NodePortValue::All),
+        other => parse(other).map(NodePortValue::Cidr),
+    }
+}
+
+/// The values together: none or `primary` alone are `primary`; `all` or a CIDR make CIDRs
+/// (`all` is `0.0.0.0/0,::/0`), a `primary` beside them adding nothing.
+pub fn nodeport_addresses(values: &[NodePortValue]) -> NodePortAddresses {
+    let mut cidrs = Vec::new();
+    for value in values {
+        match value {
+            NodePortValue::Primary => {}
+            NodePortValue::All => {
+                cidrs.extend(["0.0.0.0/0", "::/0"].map(|z| z.parse::<IpNet>().expect("valid")))
+            }
+            NodePortValue::Cidr(net) => cidrs.push(*net),
+        }
+    }
+    match cidrs.is_empty() {
+        true => NodePortAddresses::Primary,
+        false => NodePortAddresses::Cidrs(normalise(&cidrs)),
+    }
+}
+
+/// `nodePortAddresses` of a config file.
+pub fn parse_nodeport_list<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+) -> Result<NodePortAddresses, CidrError> {
+    let parts = texts.into_iter().flat_map(|t| t.split(',')).map(str::trim);
+    let values = parts.filter(|p| !p.is_empty()).map(nodeport_value);
+    Ok(nodeport_addresses(&values.collect::<Result<Vec<_>, _>>()?))
 }
 
 /// Comma-separated CIDRs (kube-proxy's `clusterCIDR`), merged by [`normalise`].
@@ -143,6 +186,23 @@ mod tests {
         );
         assert_eq!(error(" "), "empty CIDR");
         assert!(error("primary").contains("keyword"), "{}", error("primary"));
+    }
+
+    #[test]
+    fn nodeport_addresses_take_kube_proxys_keywords() {
+        let list = |t: &str| parse_nodeport_list([t]).unwrap();
+        assert_eq!(list(""), NodePortAddresses::Primary);
+        assert_eq!(list("primary"), NodePortAddresses::Primary);
+        let all =
+            NodePortAddresses::Cidrs(vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()]);
+        assert_eq!(list("all"), all);
+        assert_eq!(list("0.0.0.0/0,::/0"), all);
+        assert_eq!(list("all,10.0.0.0/8"), all);
+        assert_eq!(
+            list("10.0.0.1/8"),
+            NodePortAddresses::Cidrs(vec!["10.0.0.0/8".parse().unwrap()])
+        );
+        assert!(parse_nodeport_list(["localhost"]).is_err());
     }
 
     #[test]

@@ -104,9 +104,14 @@ pub enum Command {
         to: SocketAddr,
         #[arg(long, value_enum, default_value = "tcp")]
         proto: Proto,
-        /// Default: node if --from is a node IP, pod if it is in --cluster-cidr, else external.
+        /// Default: node if --from is a node IP or --local-address, pod if it is in
+        /// --cluster-cidr, else external.
         #[arg(long, value_enum)]
         origin: Option<Origin>,
+        /// Addresses of this node besides --node-ip (a second interface, a secondary
+        /// address): `fib daddr type local` calls them local, so NodePorts on CIDRs answer there.
+        #[arg(long = "local-address", value_delimiter = ',')]
+        local_addresses: Vec<IpAddr>,
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
         format: Format,
         #[command(flatten)]
@@ -190,10 +195,11 @@ pub struct NodeArgs {
     /// Service CIDRs; addresses in them that no Service owns are dropped.
     #[arg(long = "service-cidr", value_delimiter = ',', value_parser = cidr::parse)]
     pub service_cidrs: Vec<IpNet>,
-    /// CIDRs whose node addresses accept NodePorts (default: every node IP; loopback only if
-    /// a CIDR names it).
-    #[arg(long = "nodeport-addresses", value_delimiter = ',', value_parser = cidr::parse)]
-    pub nodeport_addresses: Vec<IpNet>,
+    /// Where NodePorts answer: `primary` (the default: the node IPs), `all` (every local
+    /// address), or CIDRs (every local address in them; a family without one: all of its
+    /// local addresses). Never on loopback.
+    #[arg(long = "nodeport-addresses", value_delimiter = ',', value_parser = cidr::nodeport_value)]
+    pub nodeport_addresses: Vec<cidr::NodePortValue>,
     /// Masquerade all traffic sent to Services.
     #[arg(long)]
     pub masquerade_all: bool,
@@ -204,6 +210,15 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
+    /// The facts, after telling `err` what is worth a warning in them.
+    fn facts_warned(&self, err: &mut dyn Write) -> NodeFacts {
+        let facts = self.facts();
+        for warning in facts.warnings() {
+            let _ = writeln!(err, "warning: {warning}");
+        }
+        facts
+    }
+
     pub fn facts(&self) -> NodeFacts {
         let mut facts = NodeFacts {
             table: self.table.clone(),
@@ -212,7 +227,7 @@ impl NodeArgs {
             zone: self.node_zone.clone(),
             cluster_cidrs: cidr::normalise(&self.cluster_cidrs),
             service_cidrs: cidr::normalise(&self.service_cidrs),
-            nodeport_addresses: cidr::normalise(&self.nodeport_addresses),
+            nodeport_addresses: cidr::nodeport_addresses(&self.nodeport_addresses),
             masquerade_all: self.masquerade_all,
             allow_external_ips: true,
         };
@@ -330,7 +345,9 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
         node.warn_about_gates(err)?;
     }
     match command {
-        Command::Compile { input, node } => compile_command(input, &node.facts(), out, err),
+        Command::Compile { input, node } => {
+            compile_command(input, &node.facts_warned(err), out, err)
+        }
         Command::Diff {
             old,
             new,
@@ -344,9 +361,16 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
                 transaction: *transaction,
                 colour: colour_on(*color, std::io::stdout().is_terminal(), NoColor::from_env()),
             };
-            diff_command(inputs, output, *keep_going, &node.facts(), out, err)
+            diff_command(
+                inputs,
+                output,
+                *keep_going,
+                &node.facts_warned(err),
+                out,
+                err,
+            )
         }
-        Command::Apply { input, node } => apply_command(input, &node.facts(), out, err),
+        Command::Apply { input, node } => apply_command(input, &node.facts_warned(err), out, err),
         Command::Run(args) => match args.agent().and_then(|agent| agent.run()) {
             Ok(()) => Ok(0),
             Err(e) => {
@@ -376,6 +400,7 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
             to,
             proto,
             origin,
+            local_addresses,
             format,
             node,
         } => {
@@ -384,8 +409,9 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
                 to: *to,
                 proto: *proto,
                 origin: *origin,
+                local_addresses: local_addresses.clone(),
             };
-            explain_command(input, &node.facts(), &query, *format, out, err)
+            explain_command(input, &node.facts_warned(err), &query, *format, out, err)
         }
     }
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use svc_nft_compiler::NodePortAddresses;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,7 +96,7 @@ impl Problem {
 pub(crate) struct Settings {
     pub cluster_cidrs: Vec<IpNet>,
     pub service_cidrs: Vec<IpNet>,
-    pub nodeport_addresses: Vec<IpNet>,
+    pub nodeport_addresses: NodePortAddresses,
     pub node_ips: Vec<IpAddr>,
     pub masquerade_all: bool,
     pub hostname_override: Option<String>,
@@ -140,7 +141,7 @@ impl File {
         Ok(Settings {
             cluster_cidrs: cidrs(self.cluster_cidr.as_deref(), "clusterCIDR")?,
             service_cidrs: cidrs(self.service_cidr.as_deref(), "serviceCIDR")?,
-            nodeport_addresses: cidrs(
+            nodeport_addresses: nodeport_cidrs(
                 self.node_port_addresses.iter().map(String::as_str),
                 "nodePortAddresses",
             )?,
@@ -182,6 +183,13 @@ pub(crate) fn cidrs<'a>(
     key: &str,
 ) -> Result<Vec<IpNet>, Problem> {
     cidr::parse_list(texts).map_err(|e| Problem::invalid(key, &e.to_string()))
+}
+
+pub(crate) fn nodeport_cidrs<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+    key: &str,
+) -> Result<NodePortAddresses, Problem> {
+    cidr::parse_nodeport_list(texts).map_err(|e| Problem::invalid(key, &e.to_string()))
 }
 
 pub(crate) fn duration(text: &str, key: &str) -> Result<Duration, Problem> {
@@ -247,7 +255,9 @@ impl RunArgs {
         };
         or_file(&mut node.cluster_cidrs, file.cluster_cidrs);
         or_file(&mut node.service_cidrs, file.service_cidrs);
-        or_file(&mut node.nodeport_addresses, file.nodeport_addresses);
+        if node.nodeport_addresses == NodePortAddresses::Primary {
+            node.nodeport_addresses = file.nodeport_addresses;
+        }
         if node.node_ips.is_empty() {
             node.node_ips = file.node_ips;
         }
@@ -258,6 +268,9 @@ impl RunArgs {
             .or(file.hostname_override)
             .or(std::env::var("NODE_NAME").ok().filter(|h| !h.is_empty()))
             .or_else(hostname);
+        for warning in node.warnings() {
+            tracing::warn!("{warning}");
+        }
         let healthz = self
             .healthz_bind_address
             .clone()
@@ -410,7 +423,7 @@ mod tests {
         assert_eq!(nftables.cluster_cidrs.len(), 2);
         assert_eq!(
             nftables.nodeport_addresses,
-            ["192.0.2.0/24".parse().unwrap()]
+            NodePortAddresses::Cidrs(vec!["192.0.2.0/24".parse().unwrap()])
         );
         assert_eq!(nftables.hostname_override.as_deref(), Some("node-a"));
         // An address alone gets kube-proxy's port.

@@ -4,12 +4,13 @@
 //! - entries whose reply comes from a UDP endpoint that went away are deleted (the next
 //!   packet is NATed afresh, to a live endpoint);
 //! - entries towards a UDP frontend that just got its first endpoint are deleted (they
-//!   recorded the REJECT of before).
+//!   recorded the REJECT of before); for a NodePort on `--nodeport-addresses` CIDRs, every
+//!   entry of its family to its port, as kube-proxy does (its addresses are the kernel's).
 
 use crate::netlink::{self, attrs, Socket, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
-use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
+use svc_nft_compiler::UdpTargets;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -27,9 +28,6 @@ const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const UDP: u8 = 17;
 
-/// An address and port: a UDP endpoint or frontend.
-pub type AddrPort = (IpAddr, u16);
-
 /// One direction of a connection, as conntrack keeps it.
 #[derive(Debug, Default)]
 struct Tuple {
@@ -40,21 +38,21 @@ struct Tuple {
     dport: u16,
 }
 
-/// Delete the UDP entries answered by `gone` endpoints or addressed to `new` frontends;
-/// returns how many were deleted.
-pub fn clear_udp(gone: &BTreeSet<AddrPort>, new: &BTreeSet<AddrPort>) -> io::Result<usize> {
-    if gone.is_empty() && new.is_empty() {
-        return Ok(0);
-    }
+/// Delete the UDP entries answered by endpoints that are gone or addressed to frontends that
+/// are new in `stale`; returns how many were deleted.
+pub fn clear_udp(stale: &UdpTargets) -> io::Result<usize> {
+    let (gone, new) = (&stale.endpoints, &stale.frontends);
     let mut socket = Socket::open()?;
     let mut deleted = 0;
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+    for (family, v6) in [(libc::AF_INET as u8, false), (libc::AF_INET6 as u8, true)] {
+        let new_node_port = |port| stale.node_ports.contains(&(v6, port));
         let stale: Vec<Vec<u8>> = dump(&mut socket, family)?
             .into_iter()
             .filter(|(orig, reply, _)| {
                 orig.proto == UDP
                     && (reply.src.is_some_and(|a| gone.contains(&(a, reply.sport)))
-                        || orig.dst.is_some_and(|a| new.contains(&(a, orig.dport))))
+                        || orig.dst.is_some_and(|a| new.contains(&(a, orig.dport)))
+                        || new_node_port(orig.dport))
             })
             .map(|(_, _, raw)| raw)
             .collect();

@@ -74,6 +74,7 @@ impl Engine {
                 let (old, new) = (udp_targets(&applied), udp_targets(&desired));
                 let stale = UdpTargets {
                     frontends: new.frontends.difference(&old.frontends).copied().collect(),
+                    node_ports: &new.node_ports - &old.node_ports,
                     endpoints: old.endpoints.difference(&new.endpoints).copied().collect(),
                 };
                 self.commit(&desired, &tx, &stale, start, || desired.clone())
@@ -296,10 +297,10 @@ fn drop_later(table: Table) {
 /// [`crate::conntrack`]); returns how many. Failing to is logged, not fatal: the rules are
 /// already right.
 fn clear_stale_udp(stale: &UdpTargets) -> u64 {
-    if stale.endpoints.is_empty() && stale.frontends.is_empty() {
+    if stale.endpoints.is_empty() && stale.frontends.is_empty() && stale.node_ports.is_empty() {
         return 0;
     }
-    match conntrack::clear_udp(&stale.endpoints, &stale.frontends) {
+    match conntrack::clear_udp(stale) {
         Ok(0) => 0,
         Ok(n) => {
             tracing::info!("deleted {n} stale UDP conntrack entries");

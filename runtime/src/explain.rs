@@ -38,20 +38,31 @@ pub struct Query {
     pub to: SocketAddr,
     pub proto: Proto,
     pub origin: Option<Origin>,
+    /// This node's addresses besides `--node-ip`.
+    pub local_addresses: Vec<IpAddr>,
 }
 
 impl Query {
     /// The origin given, or the one the source address implies.
     fn origin(&self, node: &NodeFacts) -> Origin {
         let inside = |nets: &[IpNet]| nets.iter().any(|n| n.contains(&self.from));
-        self.origin
-            .unwrap_or(if node.node_ips.contains(&self.from) {
-                Origin::Node
-            } else if inside(&node.cluster_cidrs) {
-                Origin::Pod
-            } else {
-                Origin::External
-            })
+        self.origin.unwrap_or(if self.is_node(node, self.from) {
+            Origin::Node
+        } else if inside(&node.cluster_cidrs) {
+            Origin::Pod
+        } else {
+            Origin::External
+        })
+    }
+
+    /// Whether `ip` is an address of the node: `--node-ip` or `--local-address`.
+    fn is_node(&self, node: &NodeFacts, ip: IpAddr) -> bool {
+        node.node_ips.contains(&ip) || self.local_addresses.contains(&ip)
+    }
+
+    /// Whether `fib daddr type local` holds: a node address, or loopback.
+    fn to_node(&self, node: &NodeFacts) -> bool {
+        self.to.ip().is_loopback() || self.is_node(node, self.to.ip())
     }
 }
 
@@ -93,6 +104,7 @@ pub fn report(table: &Table, node: &NodeFacts, q: &Query, format: Format) -> Str
         },
         dport: q.to.port(),
         from_node: origin == Origin::Node,
+        to_node: q.to_node(node),
     };
     let outcomes = explain(table, &packet);
     let connection = format!(

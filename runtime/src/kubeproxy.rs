@@ -8,7 +8,7 @@
 //! section counts in which mode: `pkg/proxy/apis/config/v1alpha1/conversion.go`;
 //! defaults: `pkg/proxy/apis/config/v1alpha1/defaults.go`.
 
-use crate::config::{cidrs, duration, LogFormat, Problem, Settings};
+use crate::config::{cidrs, duration, nodeport_cidrs, LogFormat, Problem, Settings};
 use serde_yaml::{Mapping, Value};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -104,7 +104,7 @@ pub fn settings(text: &str) -> Result<Settings, Problem> {
     let mut settings = Settings {
         cluster_cidrs: cidrs([cluster_cidr.as_str()], "clusterCIDR")?,
         service_cidrs: vec![],
-        nodeport_addresses: cidrs(
+        nodeport_addresses: nodeport_cidrs(
             nodeport_addresses.iter().map(String::as_str),
             "nodePortAddresses",
         )?,

@@ -237,6 +237,62 @@ fn nodeports_load_balancers_external_ips() {
     );
 }
 
+/// NodePorts on the local addresses `--nodeport-addresses` covers: `fib daddr type local` is
+/// true of the node IPs, loopback and `--local-address`.
+#[test]
+fn nodeports_on_every_covered_local_address() {
+    let web = ["10.244.1.2:8080 0.5 masq", "10.244.2.2:8080 0.5 masq"];
+    let second = ["--local-address", "203.0.113.9,2001:db8:9::9"];
+    let case = "nodeport-addresses-cidrs";
+    check(case, "192.0.2.2", "198.51.100.1:30001", "dnat", &web);
+    check_with(
+        case,
+        "192.0.2.2",
+        "203.0.113.9:30001",
+        &second,
+        "dnat",
+        &web,
+    );
+    // Covered but not local: not this node's; local but not covered: not a NodePort.
+    check(case, "192.0.2.2", "203.0.113.9:30001", "not-handled", &[]);
+    check_with(
+        case,
+        "192.0.2.2",
+        "192.0.2.1:30001",
+        &["--local-address", "192.0.2.1"],
+        "not-handled",
+        &[],
+    );
+    // No IPv6 CIDR: every local IPv6 address; never loopback.
+    let v6 = ["fd00:244:1::2:8080 1.0 masq"];
+    check_with(
+        case,
+        "2001:db8:2::2",
+        "[2001:db8:9::9]:30001",
+        &second,
+        "dnat",
+        &v6,
+    );
+    check(case, "::1", "[::1]:30001", "not-handled", &[]);
+    check(case, "127.0.0.1", "127.0.0.1:30001", "not-handled", &[]);
+    // Without endpoints the same addresses refuse; eTP Local keeps the client's address.
+    check(case, "192.0.2.2", "198.51.100.1:30080", "reject", &[]);
+    check_with(
+        case,
+        "192.0.2.2",
+        "203.0.113.9:30080",
+        &second,
+        "reject",
+        &[],
+    );
+    let api = explain(case, "192.0.2.2", "198.51.100.1:30443", &["--proto", "udp"]);
+    assert_eq!(summary(&api).1, ["10.244.1.3:8443 1.0"]);
+    // `all`: both families, any local address.
+    let all = "nodeport-addresses-all";
+    check_with(all, "192.0.2.2", "203.0.113.9:30001", &second, "dnat", &web);
+    check(all, "127.0.0.1", "127.0.0.1:30001", "not-handled", &[]);
+}
+
 #[test]
 fn traffic_policies() {
     let local = ["10.244.1.2:8080 1.0"];

@@ -280,6 +280,7 @@ impl Incremental {
                 .difference(&gone.frontends)
                 .copied()
                 .collect(),
+            node_ports: &arrived.node_ports - &gone.node_ports,
             endpoints: gone
                 .endpoints
                 .into_iter()
@@ -319,9 +320,10 @@ fn is_hairpin(set: &str) -> bool {
 fn is_udp_endpoints(set: &str) -> bool {
     static NAMES: OnceLock<Vec<String>> = OnceLock::new();
     let names = NAMES.get_or_init(|| {
-        let maps = FAMILIES
-            .iter()
-            .flat_map(|&f| [false, true].map(|local| endpoints_map(f, L4Proto::Udp, local)));
+        let kinds = [(false, false), (true, false), (false, true), (true, true)];
+        let maps = FAMILIES.iter().flat_map(|&f| {
+            kinds.map(|(local, nodeport)| endpoints_map(f, L4Proto::Udp, local, nodeport))
+        });
         maps.collect()
     });
     names.iter().any(|n| n == set)

@@ -73,7 +73,10 @@ enum Load {
     Meta(u32),
     Ct(u32, bool),
     Numgen(u32),
-    FibSaddrType,
+    /// `fib saddr|daddr type`.
+    FibType {
+        daddr: bool,
+    },
 }
 
 /// A field: how it is loaded, its length in bytes, whether the kernel keeps it in host order.
@@ -98,7 +101,8 @@ fn field(e: &Expr) -> Option<Field> {
         Expr::Ct(CtKey::OriginalIp6Daddr) => Field(Ct(CT_DST_IP6, true), 16, false),
         Expr::Ct(CtKey::OriginalProtoDst) => Field(Ct(CT_PROTO_DST, true), 2, false),
         Expr::NumgenRandom(n) => Field(Load::Numgen(*n), 4, true),
-        Expr::FibSaddrType => Field(Load::FibSaddrType, 4, true),
+        Expr::FibSaddrType => Field(Load::FibType { daddr: false }, 4, true),
+        Expr::FibDaddrType => Field(Load::FibType { daddr: true }, 4, true),
         _ => return None,
     })
 }

@@ -17,6 +17,8 @@ pub struct Cluster {
     pub lab: Lab,
     manifests: String,
     flags: Vec<String>,
+    /// Flags only `explain` takes (`--local-address`).
+    pub explain_flags: Vec<String>,
     pub b1: usize,
     pub b2: usize,
     pub b3: usize,
@@ -83,6 +85,7 @@ impl Cluster {
             lab,
             manifests: manifests.to_string(),
             flags: flags.iter().map(|f| f.to_string()).collect(),
+            explain_flags: vec![],
             b1,
             b2,
             b3,
@@ -145,6 +148,7 @@ impl Cluster {
             args.extend(["--origin", "node"]);
         }
         args.extend(self.flags.iter().map(String::as_str));
+        args.extend(self.explain_flags.iter().map(String::as_str));
         let json: serde_json::Value = serde_json::from_str(&run(&args, &self.manifests)).unwrap();
         let timeout =
             std::time::Duration::from_millis(if json["verdict"] == "drop" { 400 } else { 1000 });

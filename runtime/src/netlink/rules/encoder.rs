@@ -6,7 +6,9 @@ use super::{
 };
 use crate::netlink::elements::{proto_number, put_verdict, NFTA_DATA_VALUE};
 use crate::netlink::{attr, cstr, nested, NFTA_LIST_ELEM};
+use ipnet::IpNet;
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use svc_nft_ir::{
     BinOp, CmpOp, Expr, Family, L4Proto, MetaKey, RejectWith, Set, SetFlag, Stmt, Value, Verdict,
 };
@@ -32,6 +34,7 @@ const BYTEORDER_HTON: u32 = 1;
 const NUMGEN_RANDOM: u32 = 1;
 const FIB_RESULT_ADDRTYPE: u32 = 3;
 const FIB_F_SADDR: u32 = 1;
+const FIB_F_DADDR: u32 = 2;
 
 /// The register holding 32-bit word `word`, named as nft names it (and the kernel in its
 /// dumps): a 128-bit `NFT_REG_n` where one starts, else `NFT_REG32_nn`.
@@ -183,6 +186,9 @@ impl<'t> Encoder<'t> {
                 if matches!(left, Expr::Concat(_)) {
                     return None;
                 }
+                if let Value::Prefix(net) = v {
+                    return self.prefix(left, op, net);
+                }
                 let data = value_bytes(v)?;
                 if self.load(left, 0, false)? != data.len() {
                     return None;
@@ -197,6 +203,28 @@ impl<'t> Encoder<'t> {
         Some(())
     }
 
+    /// `ADDRESS-FIELD [!=] PREFIX` on a byte boundary, as nft has it: a load of the prefix's
+    /// bytes only, compared with them.
+    fn prefix(&mut self, left: &Expr, op: CmpOp, net: &IpNet) -> Option<()> {
+        let Some(Field(Load::Payload(base, offset), len, false)) = field(left) else {
+            return None;
+        };
+        let bytes = match net.network() {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        let take = usize::from(net.prefix_len() / 8);
+        if !net.prefix_len().is_multiple_of(8) || bytes.len() != len || take == 0 {
+            return None;
+        }
+        self.field(&Field(Load::Payload(base, offset), take, false), 0);
+        self.cmp(
+            if op == CmpOp::Eq { CMP_EQ } else { CMP_NEQ },
+            &bytes[..take],
+        );
+        Some(())
+    }
+
     /// `dnat <family> to key map @map`: look the key up, then DNAT to the address (and port)
     /// found.
     fn dnat(&mut self, family: Family, key: &Expr, map: &str) -> Option<()> {
@@ -205,8 +233,13 @@ impl<'t> Encoder<'t> {
             Family::Ip6 => (NFPROTO_IPV6, 16),
             Family::Inet => return None,
         };
-        // The key's fields checked the family; else nft would add a check of its own.
-        if self.nfproto != Some(nfproto) {
+        // The key's fields checked the family, or a transport field (`tcp dport`, a NodePort's
+        // key) its protocol: then nft adds no check of its own; otherwise it would.
+        let checked = match self.nfproto {
+            Some(p) => p == nfproto,
+            None => self.l4proto.is_some(),
+        };
+        if !checked {
             return None;
         }
         let set = self.set(map)?;
@@ -355,10 +388,11 @@ impl<'t> Encoder<'t> {
                 u32_attr(b, 3, NUMGEN_RANDOM); // NFTA_NG_TYPE
                 u32_attr(b, 4, 0); // NFTA_NG_OFFSET
             }),
-            Load::FibSaddrType => self.expr("fib", |b| {
+            Load::FibType { daddr } => self.expr("fib", |b| {
                 u32_attr(b, 1, dreg); // NFTA_FIB_DREG
                 u32_attr(b, 2, FIB_RESULT_ADDRTYPE); // NFTA_FIB_RESULT
-                u32_attr(b, 3, FIB_F_SADDR); // NFTA_FIB_FLAGS
+                let flags = if daddr { FIB_F_DADDR } else { FIB_F_SADDR };
+                u32_attr(b, 3, flags); // NFTA_FIB_FLAGS
             }),
         }
     }
