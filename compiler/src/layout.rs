@@ -17,7 +17,7 @@ use crate::endpoints::{Backend, Chosen};
 use crate::family::{addr, Ipf, FAMILIES};
 use crate::node::NodeFacts;
 use ipnet::IpNet;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use svc_nft_ir::{
     Data, DataType, Element, Expr, Family, Key, L4Proto, Payload, Set, SetFlag, Table, TypeSpec,
@@ -327,42 +327,89 @@ impl Elements<'_> {
     }
 }
 
-/// The UDP side of a table, for the runtime's conntrack cleanup.
+/// UDP frontends (`address, port`), each with the endpoint addresses whose flows through it
+/// may stay.
+pub type UdpFrontends = BTreeMap<(IpAddr, u16), BTreeSet<IpAddr>>;
+
+/// What a change leaves stale in the kernel's UDP conntrack table.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct UdpTargets {
-    /// Frontends (`address, port`) that DNAT somewhere.
-    pub frontends: BTreeSet<(IpAddr, u16)>,
-    /// The endpoints they DNAT to.
-    pub endpoints: BTreeSet<(IpAddr, u16)>,
+    /// The UDP frontends whose endpoints changed, each with the endpoint addresses whose flows
+    /// may stay (none: the frontend is gone, or has no endpoint left). An entry to one of them
+    /// whose reply comes from another address is stale: it was NATed to an endpoint no longer
+    /// serving the frontend, or recorded the frontend refusing before it had endpoints.
+    pub frontends: UdpFrontends,
 }
 
-/// Read the UDP frontends and endpoints of a compiled table.
-pub fn udp_targets(table: &Table) -> UdpTargets {
+impl UdpTargets {
+    /// The frontends whose endpoints differ between `old` and `new`.
+    pub fn between(old: &UdpFrontends, new: &UdpFrontends) -> UdpTargets {
+        let none = BTreeSet::new();
+        let keys: BTreeSet<_> = old.keys().chain(new.keys()).collect();
+        let changed = keys.into_iter().filter_map(|key| {
+            let now = new.get(key).unwrap_or(&none);
+            (old.get(key).unwrap_or(&none) != now).then(|| (*key, now.clone()))
+        });
+        UdpTargets {
+            frontends: changed.collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frontends.is_empty()
+    }
+}
+
+/// The UDP frontends of Service ports on this node, each with every endpoint that serves its
+/// port, wherever it is and whatever its state (kube-proxy's rule).
+pub fn udp_serving(ports: &[ServicePort]) -> UdpFrontends {
+    let mut out = UdpFrontends::new();
+    for sp in ports.iter().filter(|sp| sp.proto == L4Proto::Udp) {
+        let cluster_ip = sp.serves_cluster_ip.then_some(&sp.cluster_ip);
+        for fe in cluster_ip
+            .into_iter()
+            .chain(&sp.external)
+            .chain(&sp.load_balancers)
+        {
+            let serving = out.entry((fe.addr, fe.port)).or_default();
+            serving.extend(&sp.endpoints.serving);
+        }
+    }
+    out
+}
+
+/// The UDP frontends of a compiled table, each with the endpoints its maps DNAT to: what
+/// `svc-nft apply`, which diffs whole tables, knows of them.
+pub fn udp_frontends(table: &Table) -> UdpFrontends {
     let socket = |a: &Value, p: &Value| match (a, p) {
         (Value::Ipv4(a), Value::Port(p)) => Some((IpAddr::V4(*a), *p)),
         (Value::Ipv6(a), Value::Port(p)) => Some((IpAddr::V6(*a), *p)),
         _ => None,
     };
-    let mut out = UdpTargets::default();
-    for f in FAMILIES {
-        for (key, elem) in table
+    let elements = |name: &str| {
+        table
             .sets
-            .get(&f.name("service-ports"))
+            .get(name)
             .map(|s| &s.elements)
             .into_iter()
             .flatten()
-        {
+    };
+    let mut out = UdpFrontends::new();
+    for f in FAMILIES {
+        for (key, elem) in elements(&f.name("service-ports")) {
             let dnat = matches!(elem.data, Some(Data::Verdict(Verdict::Goto(_))));
             if let ([a, Value::Proto(L4Proto::Udp), p], true) = (key.as_slice(), dnat) {
-                out.frontends.extend(socket(a, p));
+                out.extend(socket(a, p).map(|fe| (fe, BTreeSet::new())));
             }
         }
         for local in [false, true] {
-            let map = table.sets.get(&endpoints_map(f, L4Proto::Udp, local));
-            for elem in map.map(|m| m.elements.values()).into_iter().flatten() {
-                if let Some(Data::Values(v)) = &elem.data {
-                    out.endpoints.extend(socket(&v[0], &v[1]));
-                }
+            for (key, elem) in elements(&endpoints_map(f, L4Proto::Udp, local)) {
+                let (Some(fe), Some(Data::Values(v))) = (socket(&key[0], &key[1]), &elem.data)
+                else {
+                    continue;
+                };
+                let endpoint = socket(&v[0], &v[1]).map(|(ip, _)| ip);
+                out.entry(fe).or_default().extend(endpoint);
             }
         }
     }
