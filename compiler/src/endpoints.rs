@@ -22,6 +22,10 @@ pub struct Chosen {
     pub local: Vec<Backend>,
     /// Whether any endpoint anywhere can serve: without one, traffic is REJECTed.
     pub any: bool,
+    /// Every serving endpoint's address, wherever it is and whatever its state or hints: the
+    /// UDP flows to them are left alone when the choice changes (kube-proxy's conntrack
+    /// cleanup keeps flows to any serving endpoint).
+    pub serving: BTreeSet<IpAddr>,
 }
 
 /// Choose the endpoints of `port` among `slices` for a cluster IP of family `v6`.
@@ -71,6 +75,10 @@ pub fn choose(slices: &[SliceInfo], v6: bool, port: &Port, node: &NodeFacts) -> 
         cluster: cluster.into_iter().collect(),
         local: local.into_iter().collect(),
         any: candidates.iter().any(|(ep, _)| ep.ready || fallback(ep)),
+        serving: pick(&|ep| ep.serving)
+            .into_iter()
+            .map(|(ip, _)| ip)
+            .collect(),
     }
 }
 

@@ -17,7 +17,7 @@ use crate::endpoints::{Backend, Chosen};
 use crate::family::{addr, Ipf, FAMILIES};
 use crate::node::NodeFacts;
 use ipnet::IpNet;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use svc_nft_ir::{
     Data, DataType, Element, Expr, Family, Key, L4Proto, Payload, Set, SetFlag, Table, TypeSpec,
@@ -401,53 +401,119 @@ impl Elements<'_> {
     }
 }
 
-/// The UDP side of a table, for the runtime's conntrack cleanup.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct UdpTargets {
-    /// Frontends (`address, port`) that DNAT somewhere.
-    pub frontends: BTreeSet<(IpAddr, u16)>,
-    /// NodePorts on `--nodeport-addresses` CIDRs (IPv6?, port) that DNAT somewhere: frontends
-    /// on every covered local address.
-    pub node_ports: BTreeSet<(bool, u16)>,
-    /// The endpoints they DNAT to.
-    pub endpoints: BTreeSet<(IpAddr, u16)>,
+/// Where UDP flows to a Service port arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UdpFrontend {
+    /// An address and port: a cluster, external or load-balancer IP, a NodePort on a node IP.
+    At(IpAddr, u16),
+    /// A NodePort on every local address the `--nodeport-addresses` CIDRs cover: known by its
+    /// port alone, as kube-proxy's cleanup knows NodePorts.
+    NodePort { v6: bool, port: u16 },
 }
 
-/// Read the UDP frontends and endpoints of a compiled table.
-pub fn udp_targets(table: &Table) -> UdpTargets {
+/// UDP frontends, each with the endpoint addresses whose flows through it may stay.
+pub type UdpFrontends = BTreeMap<UdpFrontend, BTreeSet<IpAddr>>;
+
+/// What a change leaves stale in the kernel's UDP conntrack table.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UdpTargets {
+    /// The UDP frontends whose endpoints changed, each with the endpoint addresses whose flows
+    /// may stay (none: the frontend is gone, or has no endpoint left). An entry to one of them
+    /// whose reply comes from another address is stale: it was NATed to an endpoint no longer
+    /// serving the frontend, or recorded the frontend refusing before it had endpoints.
+    pub frontends: UdpFrontends,
+}
+
+impl UdpTargets {
+    /// The frontends whose endpoints differ between `old` and `new`.
+    pub fn between(old: &UdpFrontends, new: &UdpFrontends) -> UdpTargets {
+        let none = BTreeSet::new();
+        let keys: BTreeSet<_> = old.keys().chain(new.keys()).collect();
+        let changed = keys.into_iter().filter_map(|key| {
+            let now = new.get(key).unwrap_or(&none);
+            (old.get(key).unwrap_or(&none) != now).then(|| (*key, now.clone()))
+        });
+        UdpTargets {
+            frontends: changed.collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frontends.is_empty()
+    }
+}
+
+/// The UDP frontends of Service ports on this node, each with every endpoint that serves its
+/// port, wherever it is and whatever its state (kube-proxy's rule).
+pub fn udp_serving(ports: &[ServicePort]) -> UdpFrontends {
+    let mut out = UdpFrontends::new();
+    for sp in ports.iter().filter(|sp| sp.proto == L4Proto::Udp) {
+        let cluster_ip = sp.serves_cluster_ip.then_some(&sp.cluster_ip);
+        let at = cluster_ip
+            .into_iter()
+            .chain(&sp.external)
+            .chain(&sp.load_balancers);
+        let at = at.map(|fe| UdpFrontend::At(fe.addr, fe.port));
+        let v6 = sp.cluster_ip.addr.is_ipv6();
+        let node_port = sp.node_port.map(|port| UdpFrontend::NodePort { v6, port });
+        for fe in at.chain(node_port) {
+            out.entry(fe).or_default().extend(&sp.endpoints.serving);
+        }
+    }
+    out
+}
+
+/// The UDP frontends of a compiled table, each with the endpoints its maps DNAT to: what
+/// `svc-nft apply`, which diffs whole tables, knows of them.
+pub fn udp_frontends(table: &Table) -> UdpFrontends {
     let socket = |a: &Value, p: &Value| match (a, p) {
         (Value::Ipv4(a), Value::Port(p)) => Some((IpAddr::V4(*a), *p)),
         (Value::Ipv6(a), Value::Port(p)) => Some((IpAddr::V6(*a), *p)),
         _ => None,
     };
-    let mut out = UdpTargets::default();
-    for f in FAMILIES {
-        for (key, elem) in table
+    let elements = |name: &str| {
+        table
             .sets
-            .get(&f.name("service-ports"))
+            .get(name)
             .map(|s| &s.elements)
             .into_iter()
             .flatten()
-        {
-            let dnat = matches!(elem.data, Some(Data::Verdict(Verdict::Goto(_))));
-            if let ([a, Value::Proto(L4Proto::Udp), p], true) = (key.as_slice(), dnat) {
-                out.frontends.extend(socket(a, p));
+    };
+    let dnat = |e: &Element| matches!(e.data, Some(Data::Verdict(Verdict::Goto(_))));
+    let mut out = UdpFrontends::new();
+    for f in FAMILIES {
+        let node_port = |port: &Value| match port {
+            Value::Port(port) => Some(UdpFrontend::NodePort {
+                v6: f.v6,
+                port: *port,
+            }),
+            _ => None,
+        };
+        // Frontends keyed by address and port, then NodePorts on CIDRs, keyed by port.
+        let frontends = elements(&f.name("service-ports")).filter_map(|(key, e)| match &key[..] {
+            [a, Value::Proto(L4Proto::Udp), p] if dnat(e) => {
+                socket(a, p).map(|(a, p)| UdpFrontend::At(a, p))
             }
-        }
-        let node_ports = table.sets.get(&f.name("service-nodeports"));
-        for (key, elem) in node_ports.map(|s| &s.elements).into_iter().flatten() {
-            let dnat = matches!(elem.data, Some(Data::Verdict(Verdict::Goto(_))));
-            if let ([Value::Proto(L4Proto::Udp), Value::Port(p)], true) = (key.as_slice(), dnat) {
-                out.node_ports.insert((f.v6, *p));
-            }
-        }
+            _ => None,
+        });
+        let nodeports = elements(&f.name("service-nodeports"));
+        let node_ports = nodeports.filter_map(|(key, e)| match &key[..] {
+            [Value::Proto(L4Proto::Udp), p] if dnat(e) => node_port(p),
+            _ => None,
+        });
+        out.extend(frontends.chain(node_ports).map(|fe| (fe, BTreeSet::new())));
         for (local, nodeport) in [(false, false), (true, false), (false, true), (true, true)] {
-            let map = table
-                .sets
-                .get(&endpoints_map(f, L4Proto::Udp, local, nodeport));
-            for elem in map.map(|m| m.elements.values()).into_iter().flatten() {
-                if let Some(Data::Values(v)) = &elem.data {
-                    out.endpoints.extend(socket(&v[0], &v[1]));
+            for (key, elem) in elements(&endpoints_map(f, L4Proto::Udp, local, nodeport)) {
+                let fe = match nodeport {
+                    false => socket(&key[0], &key[1]).map(|(a, p)| UdpFrontend::At(a, p)),
+                    true => node_port(&key[0]),
+                };
+                let endpoint = match &elem.data {
+                    Some(Data::Values(v)) => socket(&v[0], &v[1]).map(|(ip, _)| ip),
+                    _ => None,
+                };
+                if let (Some(fe), Some(endpoint)) = (fe, endpoint) {
+                    out.entry(fe).or_default().insert(endpoint);
                 }
             }
         }

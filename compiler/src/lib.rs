@@ -20,7 +20,7 @@ mod validate;
 pub use chains::{affinity_recorders, AffinityRecorder, MASQUERADE_MARK};
 pub use diagnostic::{Diagnostic, ObjectId, Origin, Severity};
 pub use incremental::{Delta, HealthCheck, Incremental, NoLocalEndpoints};
-pub use layout::{udp_targets, UdpTargets};
+pub use layout::{udp_frontends, UdpFrontend, UdpFrontends, UdpTargets};
 pub use manifest::{parse, Object, Resource};
 pub use node::{NodeFacts, NodePortAddresses, DEFAULT_TABLE};
 

@@ -1,16 +1,17 @@
-//! Stale UDP conntrack entries, found and deleted over ctnetlink (kube-proxy's conntrack
-//! reconciler is the model). UDP has no connection to close: a client that keeps sending from
-//! the same port keeps its conntrack entry, and with it the old DNAT, forever. So after a sync:
-//! - entries whose reply comes from a UDP endpoint that went away are deleted (the next
-//!   packet is NATed afresh, to a live endpoint);
-//! - entries towards a UDP frontend that just got its first endpoint are deleted (they
-//!   recorded the REJECT of before); for a NodePort on `--nodeport-addresses` CIDRs, every
-//!   entry of its family to its port, as kube-proxy does (its addresses are the kernel's).
+//! Stale UDP conntrack entries, found and deleted over ctnetlink, by kube-proxy's rule
+//! (pkg/proxy/conntrack, 1.31+). UDP has no connection to close: a client that keeps sending
+//! from the same port keeps its conntrack entry, and with it the old DNAT, for as long as it
+//! sends. So after a sync that changed a UDP frontend's endpoints, an entry to that frontend
+//! whose reply comes from an address that is not one of its serving endpoints is deleted,
+//! and the next packet is NATed afresh: it was NATed to an endpoint that stopped serving the
+//! frontend (also when the endpoint still serves another Service), or it recorded the
+//! frontend refusing before it had endpoints. Flows to an endpoint that still serves —
+//! terminating, or left out by a traffic policy or topology — stay.
 
 use crate::netlink::{self, attrs, Socket, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use std::io;
 use std::net::IpAddr;
-use svc_nft_compiler::UdpTargets;
+use svc_nft_compiler::{UdpFrontend, UdpFrontends};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -38,22 +39,18 @@ struct Tuple {
     dport: u16,
 }
 
-/// Delete the UDP entries answered by endpoints that are gone or addressed to frontends that
-/// are new in `stale`; returns how many were deleted.
-pub fn clear_udp(stale: &UdpTargets) -> io::Result<usize> {
-    let (gone, new) = (&stale.endpoints, &stale.frontends);
+/// Delete the UDP entries to the `stale` frontends whose reply comes from none of the
+/// addresses given for the frontend; returns how many were deleted.
+pub fn clear_udp(stale: &UdpFrontends) -> io::Result<usize> {
+    if stale.is_empty() {
+        return Ok(0);
+    }
     let mut socket = Socket::open()?;
     let mut deleted = 0;
-    for (family, v6) in [(libc::AF_INET as u8, false), (libc::AF_INET6 as u8, true)] {
-        let new_node_port = |port| stale.node_ports.contains(&(v6, port));
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         let stale: Vec<Vec<u8>> = dump(&mut socket, family)?
             .into_iter()
-            .filter(|(orig, reply, _)| {
-                orig.proto == UDP
-                    && (reply.src.is_some_and(|a| gone.contains(&(a, reply.sport)))
-                        || orig.dst.is_some_and(|a| new.contains(&(a, orig.dport)))
-                        || new_node_port(orig.dport))
-            })
+            .filter(|(orig, reply, _)| orig.proto == UDP && is_stale(stale, orig, reply))
             .map(|(_, _, raw)| raw)
             .collect();
         for raw in stale {
@@ -66,6 +63,21 @@ pub fn clear_udp(stale: &UdpTargets) -> io::Result<usize> {
         }
     }
     Ok(deleted)
+}
+
+/// Whether an entry goes to a stale frontend and its reply comes from another address than
+/// that frontend's endpoints.
+fn is_stale(stale: &UdpFrontends, orig: &Tuple, reply: &Tuple) -> bool {
+    let Some(dst) = orig.dst else {
+        return false;
+    };
+    let node_port = UdpFrontend::NodePort {
+        v6: dst.is_ipv6(),
+        port: orig.dport,
+    };
+    let frontends = [UdpFrontend::At(dst, orig.dport), node_port];
+    let mut endpoints = frontends.iter().filter_map(|fe| stale.get(fe));
+    endpoints.any(|serving| reply.src.is_some_and(|src| !serving.contains(&src)))
 }
 
 /// Every entry of a family: its original and reply tuples, and the original tuple's raw

@@ -20,7 +20,7 @@ use crate::kernel::{self, Changes, Inventory, NftError};
 use crate::netlink::{self, encode_rule, plain, recorder_rule};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use svc_nft_compiler::{affinity_recorders, udp_targets, Delta, UdpTargets};
+use svc_nft_compiler::{affinity_recorders, udp_frontends, Delta, UdpTargets};
 use svc_nft_ir::{diff, replace_script, Data, Op, SetFlag, Stmt, Table, Transaction, Value};
 
 /// How a sync reached the kernel.
@@ -71,12 +71,7 @@ impl Engine {
         let synced = match self.applied.take() {
             Some(applied) if self.in_sync => {
                 let tx = diff(&applied, &desired);
-                let (old, new) = (udp_targets(&applied), udp_targets(&desired));
-                let stale = UdpTargets {
-                    frontends: new.frontends.difference(&old.frontends).copied().collect(),
-                    node_ports: &new.node_ports - &old.node_ports,
-                    endpoints: old.endpoints.difference(&new.endpoints).copied().collect(),
-                };
+                let stale = UdpTargets::between(&udp_frontends(&applied), &udp_frontends(&desired));
                 self.commit(&desired, &tx, &stale, start, || desired.clone())
             }
             _ => self.replace(&desired, start),
@@ -297,10 +292,10 @@ fn drop_later(table: Table) {
 /// [`crate::conntrack`]); returns how many. Failing to is logged, not fatal: the rules are
 /// already right.
 fn clear_stale_udp(stale: &UdpTargets) -> u64 {
-    if stale.endpoints.is_empty() && stale.frontends.is_empty() && stale.node_ports.is_empty() {
+    if stale.is_empty() {
         return 0;
     }
-    match conntrack::clear_udp(stale) {
+    match conntrack::clear_udp(&stale.frontends) {
         Ok(0) => 0,
         Ok(n) => {
             tracing::info!("deleted {n} stale UDP conntrack entries");

@@ -8,8 +8,8 @@ use netns::manifest_agent::AgentProcess;
 use netns::{eventually, listing, tcp, Netns, Outcome, ANSWER_WAIT};
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 fn svc_nft(ns: &Netns, args: &[&str]) -> Output {
     let bin = env!("CARGO_BIN_EXE_svc-nft");
@@ -289,99 +289,6 @@ fn killing_the_agent_mid_sync_leaves_the_old_or_the_new_ruleset() {
     // The random kills fell before commits (and, as it happens, some after).
     eprintln!("random kills: {kept} kept the old ruleset, {replaced} found the new one");
     assert!(kept > 0, "no random kill fell before a commit");
-}
-
-fn udp_service(backend: &str) -> String {
-    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: t}\n\
-                   spec: {clusterIP: 10.96.5.53, ports: [{port: 53, protocol: UDP, targetPort: 5353}]}\n";
-    let slice = format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: dns-a, namespace: t, labels: {{kubernetes.io/service-name: dns}}}}\n\
-         addressType: IPv4\nports: [{{port: 5353, protocol: UDP}}]\nendpoints: [{{addresses: [{backend}]}}]\n"
-    );
-    [service, &slice].join("---\n")
-}
-
-/// How long after the sync a UDP client may still reach the old endpoint: generous for a
-/// slow machine, yet never reached without the conntrack cleanup, whose entry would live on.
-const STUCK: Duration = Duration::from_secs(15);
-
-#[test]
-fn a_udp_client_follows_its_endpoint_at_once() {
-    if !netns::require() {
-        return;
-    }
-    let k = Cluster::new("", CIDRS);
-    let agent = AgentProcess::start(&k.lab.node, "udp", &[]);
-    agent.write("dns.yaml", &udp_service("10.244.1.2"));
-    let vip: std::net::SocketAddr = "10.96.5.53:53".parse().unwrap();
-    eventually("the UDP Service answers", || {
-        matches!(
-            netns::udp(k.ns(k.c1), vip, Duration::from_millis(300)),
-            Outcome::Answered { .. }
-        )
-    });
-    let stop = Arc::new(AtomicBool::new(false));
-    // What the client heard: when, and from which backend.
-    let seen: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
-    let (client_stop, heard) = (stop.clone(), seen.clone());
-    let answered_by = |backend: &str| seen.lock().unwrap().iter().position(|(_, b)| b == backend);
-    let synced = std::thread::scope(|scope| {
-        // One socket, one source port: conntrack keeps its entry for as long as it sends.
-        let client = scope.spawn(|| {
-            k.ns(k.c1).run(move || {
-                let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-                socket.connect(vip).unwrap();
-                socket
-                    .set_read_timeout(Some(Duration::from_millis(200)))
-                    .unwrap();
-                let mut buf = [0u8; 256];
-                while !client_stop.load(Ordering::Relaxed) {
-                    socket.send(b"who?").unwrap();
-                    if let Ok(n) = socket.recv(&mut buf) {
-                        let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                        let backend = text.split_whitespace().next().unwrap_or("").to_string();
-                        heard.lock().unwrap().push((Instant::now(), backend));
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            })
-        });
-        eventually("the client's first answer, from the old endpoint", || {
-            answered_by("10.244.1.2").is_some()
-        });
-        let mark = agent.log.mark();
-        agent.write("dns.yaml", &udp_service("10.244.2.2"));
-        let synced = agent
-            .log
-            .wait_for_sync("the sync that moves the endpoint", mark);
-        // Without the agent's conntrack cleanup the client's entry never expires, as it sends
-        // every 50 ms: it would stay on the old endpoint however long this waits.
-        while answered_by("10.244.2.2").is_none() && synced.elapsed() < STUCK {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if let Some(first) = answered_by("10.244.2.2") {
-            eventually("ten more answers after the new endpoint's first", || {
-                seen.lock().unwrap().len() > first + 10
-            });
-        }
-        stop.store(true, Ordering::Relaxed);
-        client.join().unwrap();
-        synced
-    });
-    let seen = seen.lock().unwrap();
-    let first_new = seen.iter().find(|(_, b)| b == "10.244.2.2");
-    let (when, _) = first_new.unwrap_or_else(|| panic!("never reached the new endpoint: {seen:?}"));
-    assert!(
-        when.saturating_duration_since(synced) < STUCK,
-        "the new endpoint answered only {:?} after the sync",
-        when.saturating_duration_since(synced)
-    );
-    // And the old one never again after that.
-    assert!(
-        seen.iter().all(|(t, b)| t <= when || b == "10.244.2.2"),
-        "{seen:?}"
-    );
 }
 
 #[test]

@@ -7,14 +7,14 @@ use crate::chains::{self, Pick};
 use crate::diagnostic::Diagnostic;
 use crate::endpoints;
 use crate::family::{Ipf, FAMILIES};
-use crate::layout::{self, endpoints_map, Contribution};
+use crate::layout::{self, Contribution};
 use crate::model::ServiceName;
 use crate::services::{self, Claim, Expanded};
-use crate::UdpTargets;
+use crate::{UdpFrontends, UdpTargets};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::OnceLock;
-use svc_nft_ir::{diff, Chain, Data, Element, Key, L4Proto, Set, Table, Value};
+use svc_nft_ir::{diff, Chain, Element, Key, L4Proto, Set, Table, Value};
 
 pub(super) type PickKey = (Ipf, L4Proto, Pick);
 pub(super) type RecorderKey = (Ipf, L4Proto, u32);
@@ -23,6 +23,10 @@ pub(super) type RecorderKey = (Ipf, L4Proto, u32);
 pub(super) struct Change {
     pub(super) gone: Table,
     pub(super) arrived: Table,
+    /// The UDP frontends of the recompiled Services, before and after, with their serving
+    /// endpoints: what the conntrack cleanup needs.
+    udp_before: UdpFrontends,
+    udp_after: UdpFrontends,
 }
 
 /// Whether a contribution enters or leaves the table.
@@ -57,6 +61,8 @@ impl Incremental {
         let mut change = Change {
             gone: self.declarations(),
             arrived: self.declarations(),
+            udp_before: UdpFrontends::new(),
+            udp_after: UdpFrontends::new(),
         };
         let (picks_before, recorders_before) = (self.picks.clone(), self.recorders.clone());
         let (mut notes_changed, mut diagnostics) = (false, std::mem::take(&mut self.warnings));
@@ -86,6 +92,7 @@ impl Incremental {
         if let Some(old) = &before.inputs {
             let held = |c: &Claim| before.moved.held_before(c, self.claims.holds(c, name));
             let ports = services::expand(name, &old.info, &old.slices, &self.node, &held).ports;
+            change.udp_before.extend(layout::udp_serving(&ports));
             self.count(&Contribution::of(&ports), Sign::Remove, Some(change));
         }
         self.health.remove(name);
@@ -96,6 +103,9 @@ impl Incremental {
         if let Some(new) = self.inputs(name) {
             let expanded = self.expand(name, &new);
             notes_changed |= !expanded.notes.is_empty();
+            change
+                .udp_after
+                .extend(layout::udp_serving(&expanded.ports));
             self.accept(name, &new, expanded, Some(change));
         }
         notes_changed
@@ -150,7 +160,6 @@ impl Incremental {
         self.picks.clear();
         self.recorders.clear();
         self.hairpins = AddrCounts::default();
-        self.udp_endpoints.clear();
         self.elements = 0;
         self.health.clear();
         self.no_local.clear();
@@ -232,9 +241,6 @@ impl Incremental {
                     continue;
                 }
             }
-            if is_udp_endpoints(set) {
-                count_udp(&mut self.udp_endpoints, element, sign);
-            }
             match sign {
                 Sign::Add => self.elements += 1,
                 Sign::Remove => self.elements -= 1,
@@ -272,21 +278,7 @@ impl Incremental {
 
     /// The UDP side of a change, for the conntrack cleanup.
     fn stale_udp(&self, change: &Change) -> UdpTargets {
-        let gone = crate::udp_targets(&change.gone);
-        let arrived = crate::udp_targets(&change.arrived);
-        UdpTargets {
-            frontends: arrived
-                .frontends
-                .difference(&gone.frontends)
-                .copied()
-                .collect(),
-            node_ports: &arrived.node_ports - &gone.node_ports,
-            endpoints: gone
-                .endpoints
-                .into_iter()
-                .filter(|e| !self.udp_endpoints.contains_key(e))
-                .collect(),
-        }
+        UdpTargets::between(&change.udp_before, &change.udp_after)
     }
 
     /// The table's sets, declared but empty, and no chains: what a [`Change`] starts from.
@@ -314,18 +306,6 @@ impl Incremental {
 fn is_hairpin(set: &str) -> bool {
     static NAMES: OnceLock<Vec<String>> = OnceLock::new();
     let names = NAMES.get_or_init(|| FAMILIES.iter().map(|f| f.name("hairpin")).collect());
-    names.iter().any(|n| n == set)
-}
-
-fn is_udp_endpoints(set: &str) -> bool {
-    static NAMES: OnceLock<Vec<String>> = OnceLock::new();
-    let names = NAMES.get_or_init(|| {
-        let kinds = [(false, false), (true, false), (false, true), (true, true)];
-        let maps = FAMILIES.iter().flat_map(|&f| {
-            kinds.map(|(local, nodeport)| endpoints_map(f, L4Proto::Udp, local, nodeport))
-        });
-        maps.collect()
-    });
     names.iter().any(|n| n == set)
 }
 
@@ -417,27 +397,5 @@ fn moved_chains<K: Ord>(
         let (name, c) = chain(key);
         table.chains.remove(&name);
         change.gone.chains.insert(name, c);
-    }
-}
-
-/// Count the UDP endpoint an element of a UDP endpoints map leads to.
-fn count_udp(
-    counts: &mut std::collections::HashMap<(std::net::IpAddr, u16), u32>,
-    element: &Element,
-    sign: Sign,
-) {
-    let Some(Data::Values(v)) = &element.data else {
-        return;
-    };
-    let (Some(addr), Value::Port(port)) = (ip_of(&v[0]), &v[1]) else {
-        return;
-    };
-    let n = counts.entry((addr, *port)).or_default();
-    match sign {
-        Sign::Add => *n += 1,
-        Sign::Remove => *n = n.saturating_sub(1),
-    }
-    if *n == 0 {
-        counts.remove(&(addr, *port));
     }
 }

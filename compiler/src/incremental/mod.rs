@@ -32,7 +32,6 @@ use serde::{Deserialize, Serialize};
 use service_cidrs::ServiceCidrs;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::marker::PhantomData;
-use std::net::IpAddr;
 use std::sync::Arc;
 use svc_nft_ir::{Table, Transaction};
 
@@ -152,8 +151,6 @@ pub struct Incremental {
     recorders: BTreeMap<RecorderKey, usize>,
     /// Endpoints in the hairpin sets, and how many Service ports put each there.
     hairpins: flush::AddrCounts,
-    /// UDP endpoints and how many endpoint-map elements lead to each.
-    udp_endpoints: HashMap<(IpAddr, u16), u32>,
     /// Elements the Services put in the table.
     elements: usize,
     /// Services with a health-check NodePort: the port and the ready local endpoints.
@@ -252,7 +249,6 @@ impl Incremental {
             picks: BTreeMap::new(),
             recorders: BTreeMap::new(),
             hairpins: flush::AddrCounts::default(),
-            udp_endpoints: HashMap::new(),
             elements: 0,
             health: BTreeMap::new(),
             no_local: BTreeMap::new(),
