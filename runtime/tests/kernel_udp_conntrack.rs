@@ -155,13 +155,14 @@ fn apply(agent: &AgentProcess, file: &str, text: &str) -> Instant {
         .wait_for_sync(&format!("the sync of {file}"), mark)
 }
 
-#[test]
-fn a_udp_client_follows_its_endpoint_at_once() {
-    if !netns::require() {
-        return;
-    }
-    let (k, agent) = start("udp-moves");
+/// A client of the UDP Service "dns" on b1 (with `others` written to the directory first),
+/// and when the sync that moves "dns" to b2 was logged.
+fn moved_to_b2(tag: &str, others: &[(&str, String)]) -> (Cluster, AgentProcess, Client, Instant) {
+    let (k, agent) = start(tag);
     let vip = "10.96.5.53:53".parse().unwrap();
+    for (file, text) in others {
+        agent.write(file, text);
+    }
     agent.write(
         "dns.yaml",
         &udp_service("dns", "10.96.5.53", &[(B1, "ready")]),
@@ -169,11 +170,17 @@ fn a_udp_client_follows_its_endpoint_at_once() {
     eventually("the UDP Service answers", || answers(&k, vip));
     let client = Client::start(k.ns(k.c1), vip);
     assert_eq!(client.first_backend(), B1);
-    let synced = apply(
-        &agent,
-        "dns.yaml",
-        &udp_service("dns", "10.96.5.53", &[(B2, "ready")]),
-    );
+    let moved = udp_service("dns", "10.96.5.53", &[(B2, "ready")]);
+    let synced = apply(&agent, "dns.yaml", &moved);
+    (k, agent, client, synced)
+}
+
+#[test]
+fn a_udp_client_follows_its_endpoint_at_once() {
+    if !netns::require() {
+        return;
+    }
+    let (_k, _agent, client, synced) = moved_to_b2("udp-moves", &[]);
     // Without the cleanup the client's entry never expires (it sends every 50 ms).
     let moved = client.first_from(B2, synced);
     assert!(
@@ -192,25 +199,9 @@ fn a_client_leaves_an_endpoint_its_service_dropped_though_another_service_keeps_
     if !netns::require() {
         return;
     }
-    let (k, agent) = start("udp-shared");
-    let vip = "10.96.5.53:53".parse().unwrap();
     // b1 backs both Services; moving "dns" away from it leaves it in use by "other".
-    agent.write(
-        "other.yaml",
-        &udp_service("other", "10.96.5.54", &[(B1, "ready")]),
-    );
-    agent.write(
-        "dns.yaml",
-        &udp_service("dns", "10.96.5.53", &[(B1, "ready")]),
-    );
-    eventually("the UDP Service answers", || answers(&k, vip));
-    let client = Client::start(k.ns(k.c1), vip);
-    assert_eq!(client.first_backend(), B1);
-    let synced = apply(
-        &agent,
-        "dns.yaml",
-        &udp_service("dns", "10.96.5.53", &[(B2, "ready")]),
-    );
+    let other = udp_service("other", "10.96.5.54", &[(B1, "ready")]);
+    let (_k, _agent, client, synced) = moved_to_b2("udp-shared", &[("other.yaml", other)]);
     assert!(
         client.first_from(B2, synced).is_some(),
         "still on b1 {STUCK:?} after the sync: its entry was kept because b1 backs another Service"
