@@ -153,16 +153,19 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// Compile the inputs; None, saying `refusal`, when something was rejected and
-    /// `--keep-going` was not given: the command then fails closed.
+    /// Compile the inputs; when something was rejected and `--keep-going` was not given,
+    /// say `refusal` and return the exit status instead: the command fails closed.
     fn compile(
         &self,
         facts: &NodeFacts,
         refusal: &str,
         err: &mut dyn Write,
-    ) -> Option<Compilation> {
+    ) -> Result<Compilation, i32> {
         let result = Compilation::of(&self.paths, facts, err);
-        go_on(result.rejected.len(), self.keep_going, refusal, err).then_some(result)
+        match go_on(result.rejected.len(), self.keep_going, refusal, err) {
+            true => Ok(result),
+            false => Err(result.status()),
+        }
     }
 }
 
@@ -270,20 +273,24 @@ pub fn compile_paths(paths: &[PathBuf], node: &NodeFacts, err: &mut dyn Write) -
 struct Compilation {
     compiled: Compiled,
     rejected: Vec<Diagnostic>,
+    /// Paths that could not be read (among `rejected`).
+    unreadable: usize,
 }
 
 impl Compilation {
     /// Every diagnostic goes to `err` in file order, whichever stage found it.
     fn of(paths: &[PathBuf], node: &NodeFacts, err: &mut dyn Write) -> Compilation {
-        let (objects, mut diagnostics) = input::read(paths);
-        let compiled = compile(&objects, node);
+        let input = input::read(paths);
+        let compiled = compile(&input.objects, node);
+        let mut diagnostics = input.diagnostics;
         diagnostics.extend(compiled.diagnostics.iter().cloned());
-        Compilation::reported(compiled, diagnostics, err)
+        Compilation::reported(compiled, diagnostics, input.unreadable, err)
     }
 
     fn reported(
         compiled: Compiled,
         mut diagnostics: Vec<Diagnostic>,
+        unreadable: usize,
         err: &mut dyn Write,
     ) -> Compilation {
         diagnostics.sort_by(|a, b| a.origin.cmp(&b.origin));
@@ -295,6 +302,16 @@ impl Compilation {
         Compilation {
             compiled,
             rejected: diagnostics,
+            unreadable,
+        }
+    }
+
+    /// The exit status: 2 when a path could not be read, 1 when something was rejected.
+    fn status(&self) -> i32 {
+        match (self.unreadable, self.rejected.len()) {
+            (0, 0) => 0,
+            (0, _) => 1,
+            _ => 2,
         }
     }
 
@@ -416,23 +433,19 @@ pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::
     }
 }
 
-/// 0 when nothing was rejected, else 1.
-fn status(result: &Compilation) -> i32 {
-    i32::from(!result.rejected.is_empty())
-}
-
 fn compile_command(
     input: &Inputs,
     facts: &NodeFacts,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<i32> {
-    let Some(result) = input.compile(facts, "no ruleset printed", err) else {
-        return Ok(1);
+    let result = match input.compile(facts, "no ruleset printed", err) {
+        Ok(result) => result,
+        Err(status) => return Ok(status),
     };
     out.write_all(result.left_out_comment().as_bytes())?;
     out.write_all(replace_script(&result.compiled.table).as_bytes())?;
-    Ok(status(&result))
+    Ok(result.status())
 }
 
 /// How `diff` prints.
@@ -503,8 +516,9 @@ fn apply_command(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<i32> {
-    let Some(result) = input.compile(facts, "nothing applied", err) else {
-        return Ok(1);
+    let result = match input.compile(facts, "nothing applied", err) {
+        Ok(result) => result,
+        Err(status) => return Ok(status),
     };
     let table = &result.compiled.table;
     match Engine::new().reconcile(table) {
@@ -514,7 +528,7 @@ fn apply_command(
             return Ok(2);
         }
     }
-    Ok(status(&result))
+    Ok(result.status())
 }
 
 fn explain_command(
@@ -525,11 +539,12 @@ fn explain_command(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<i32> {
-    let Some(result) = input.compile(facts, "no answer printed", err) else {
-        return Ok(1);
+    let result = match input.compile(facts, "no answer printed", err) {
+        Ok(result) => result,
+        Err(status) => return Ok(status),
     };
     out.write_all(report(&result.compiled.table, facts, query, format).as_bytes())?;
-    Ok(status(&result))
+    Ok(result.status())
 }
 
 fn completions(shell: Shell) -> String {
@@ -627,7 +642,7 @@ mod tests {
         let compiled = compile(&[], &NodeFacts::default());
         let warning = diagnostic(1, "questionable").warning();
         let mut err = Vec::new();
-        let result = Compilation::reported(compiled, vec![warning], &mut err);
+        let result = Compilation::reported(compiled, vec![warning], 0, &mut err);
         assert_eq!(
             String::from_utf8(err).unwrap(),
             "warning: in.yaml: document 1: questionable\n"
@@ -650,7 +665,7 @@ mod tests {
             diagnostic(1, "first").warning(),
             diagnostic(1, "first error"),
         ];
-        let result = Compilation::reported(compiled, diagnostics, &mut Vec::new());
+        let result = Compilation::reported(compiled, diagnostics, 0, &mut Vec::new());
         assert_eq!(
             result.left_out_comment(),
             "# --keep-going: left out of this ruleset, as rejected:\n\

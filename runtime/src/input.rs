@@ -4,26 +4,45 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use svc_nft_compiler::{manifest, Diagnostic, Object, Origin};
 
+/// What the paths given on the command line hold.
+pub struct Input {
+    pub objects: Vec<Object>,
+    /// Rejected documents and objects, unreadable paths (errors) and warnings.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Paths (or files of a directory) that could not be read at all.
+    pub unreadable: usize,
+}
+
 /// Objects read from every path, and what could not be read. A path is a file, a directory
-/// (its `*.yaml`, `*.yml` and `*.json` files, sorted by name; one without any is an error) or
-/// `-` for standard input.
-pub fn read(paths: &[PathBuf]) -> (Vec<Object>, Vec<Diagnostic>) {
-    let mut objects = Vec::new();
-    let mut errors = Vec::new();
+/// (its `*.yaml`, `*.yml` and `*.json` files, sorted by name; one without any gets a warning)
+/// or `-` for standard input.
+pub fn read(paths: &[PathBuf]) -> Input {
+    let mut input = Input {
+        objects: Vec::new(),
+        diagnostics: Vec::new(),
+        unreadable: 0,
+    };
     for path in paths {
-        for file in expand(path, &mut errors) {
+        for file in expand(path, &mut input) {
             let source = file.display().to_string();
             match read_text(&file) {
                 Ok(text) => {
-                    let (mut o, mut e) = manifest::parse(&source, &text);
-                    objects.append(&mut o);
-                    errors.append(&mut e);
+                    let (mut o, mut d) = manifest::parse(&source, &text);
+                    input.objects.append(&mut o);
+                    input.diagnostics.append(&mut d);
                 }
-                Err(e) => errors.push(InputError::from(e).at(&file)),
+                Err(e) => input.unreadable_at(&file, e),
             }
         }
     }
-    (objects, errors)
+    input
+}
+
+impl Input {
+    fn unreadable_at(&mut self, path: &Path, e: std::io::Error) {
+        self.unreadable += 1;
+        self.diagnostics.push(InputError::from(e).at(path));
+    }
 }
 
 /// Why a path given on the command line gave no manifests.
@@ -36,10 +55,16 @@ pub enum InputError {
 }
 
 impl InputError {
-    /// Reported like a rejected object: an error naming the path.
+    /// Reported like a rejected object, naming the path: an error when it cannot be read, a
+    /// warning when it is a directory without manifests (it defines no objects, as an empty
+    /// file does).
     fn at(self, path: &Path) -> Diagnostic {
         let origin = Origin::document(&path.display().to_string(), 0);
-        Diagnostic::new(origin, None, None, self.to_string())
+        let d = Diagnostic::new(origin, None, None, self.to_string());
+        match self {
+            InputError::Unreadable(_) => d,
+            InputError::NoManifests => d.warning(),
+        }
     }
 }
 
@@ -53,16 +78,20 @@ fn read_text(path: &Path) -> std::io::Result<String> {
     }
 }
 
-/// The files a path stands for; a directory that cannot be listed or holds no manifest file
-/// is an error.
-fn expand(path: &Path, errors: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
+/// The files a path stands for; a directory that cannot be listed is unreadable, one that
+/// holds no manifest file is warned about.
+fn expand(path: &Path, input: &mut Input) -> Vec<PathBuf> {
     if !path.is_dir() {
         return vec![path.to_path_buf()];
     }
     match manifest_files(path) {
         Ok(files) => files,
+        Err(InputError::Unreadable(e)) => {
+            input.unreadable_at(path, e);
+            vec![]
+        }
         Err(e) => {
-            errors.push(e.at(path));
+            input.diagnostics.push(e.at(path));
             vec![]
         }
     }
