@@ -213,11 +213,15 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
-    /// The facts, after telling `err` what is worth a warning in them.
+    /// The facts, after telling `err` what is worth a warning in them and which feature
+    /// gates svc-nft does not act on.
     fn facts_warned(&self, err: &mut dyn Write) -> NodeFacts {
         let facts = self.facts();
         for warning in facts.warnings() {
             let _ = writeln!(err, "warning: {warning}");
+        }
+        for warning in feature_gates::apply(&self.feature_gates, &mut NodeFacts::default()) {
+            let _ = writeln!(err, "warning: --feature-gates: {warning}");
         }
         facts
     }
@@ -236,14 +240,6 @@ impl NodeArgs {
         };
         feature_gates::apply(&self.feature_gates, &mut facts);
         facts
-    }
-
-    /// Write a warning for each feature gate svc-nft does not act on.
-    fn warn_about_gates(&self, err: &mut dyn Write) -> std::io::Result<()> {
-        for warning in feature_gates::apply(&self.feature_gates, &mut NodeFacts::default()) {
-            writeln!(err, "warning: --feature-gates: {warning}")?;
-        }
-        Ok(())
     }
 
     /// Parse node flags alone, e.g. a golden case's `flags` file.
@@ -343,24 +339,8 @@ fn go_on(rejected: usize, keep_going: KeepGoing, what: &str, err: &mut dyn Write
     false
 }
 
-impl Command {
-    /// The node flags of a one-shot command (`run` reads its own, with a config file).
-    fn node_args(&self) -> Option<&NodeArgs> {
-        match self {
-            Command::Compile { node, .. }
-            | Command::Diff { node, .. }
-            | Command::Apply { node, .. }
-            | Command::Explain { node, .. } => Some(node),
-            _ => None,
-        }
-    }
-}
-
 /// Run a command; the return value is the process exit status.
 pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<i32> {
-    if let Some(node) = command.node_args() {
-        node.warn_about_gates(err)?;
-    }
     match command {
         Command::Compile { input, node } => {
             compile_command(input, &node.facts_warned(err), out, err)

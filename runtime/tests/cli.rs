@@ -520,3 +520,19 @@ fn warnings_never_block_the_ruleset() {
     );
     assert!(text(&out.stdout).contains("10.97.97.97"));
 }
+
+#[test]
+fn a_feature_gate_svc_nft_does_not_act_on_is_a_warning() {
+    let out = svc_nft(
+        &["compile", "-f", "-", "--feature-gates", "SomeGate=true"],
+        REDIS,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("warning: --feature-gates: feature gate SomeGate is not one"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = svc_nft(&["compile", "-f", "-", "--feature-gates", "X=maybe"], REDIS);
+    assert_eq!(out.status.code(), Some(2), "not a boolean: a usage error");
+}
