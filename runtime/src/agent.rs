@@ -102,11 +102,16 @@ impl Agent {
     fn log_start(&self, source: &str) {
         let addr = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
         let ips: Vec<String> = self.node.node_ips.iter().map(ToString::to_string).collect();
+        // Only an API server has a Node object to take them from.
+        let unset = match self.input {
+            Input::ApiServer(_) => "(from the Node object)",
+            Input::Manifests(_) => "(none given: --node-ip)",
+        };
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             node = self.node.node_name.as_deref().unwrap_or("(none)"),
             node_ips = if ips.is_empty() {
-                "(from the Node object)".to_string()
+                unset.to_string()
             } else {
                 ips.join(",")
             },
