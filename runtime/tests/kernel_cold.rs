@@ -7,11 +7,10 @@ mod netns;
 
 use netns::cluster::{answers, pairs, Cluster, CIDRS};
 use netns::inputs::{examples, golden_cases};
-use netns::{listing, tcp, Netns, Outcome};
+use netns::{listing, tcp, Netns, Outcome, ANSWER_WAIT};
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 use svc_nft::engine::{Engine, Route};
 use svc_nft_compiler::{compile, parse, NodeFacts};
 use svc_nft_ir::{replace_script, Data, Table, Verdict};
@@ -187,7 +186,7 @@ const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespac
 
 fn connect(k: &Cluster) -> Outcome {
     let vip = "10.96.5.1:80".parse().unwrap();
-    tcp(k.ns(k.c1), vip, Duration::from_millis(500))
+    tcp(k.ns(k.c1), vip, ANSWER_WAIT)
 }
 
 /// The node's facts as `CIDRS` gives them to the binary.

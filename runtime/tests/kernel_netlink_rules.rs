@@ -7,10 +7,9 @@ mod netns;
 use netns::cluster::{answers, pairs, Cluster, CIDRS};
 use netns::inputs::golden_cases;
 use netns::listing::{pretty, unified_diff, without_handles};
-use netns::{tcp, Netns};
+use netns::{tcp, Netns, ANSWER_WAIT};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
-use std::time::Duration;
 use svc_nft::cli::{compile_paths, NodeArgs};
 use svc_nft::engine::{Engine, Route};
 use svc_nft_compiler::{parse, Delta, Incremental, NodeFacts, Object, UdpTargets};
@@ -367,7 +366,7 @@ fn traffic_flows_through_a_pick_chain_created_over_netlink() {
         )
     );
     let vip = "10.96.5.1:80".parse().unwrap();
-    let connect = || tcp(k.ns(k.c1), vip, Duration::from_millis(500));
+    let connect = || tcp(k.ns(k.c1), vip, ANSWER_WAIT);
     let all = pairs(&[
         ("10.244.1.2", "10.244.9.2"),
         ("10.244.2.2", "10.244.9.2"),
