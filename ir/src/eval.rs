@@ -305,6 +305,16 @@ fn run_rule(table: &Table, stmts: &[Stmt], state: State, share: f64) -> Vec<(Ste
                 })
                 .collect()
         }
+        Stmt::Dnat { addr, port, .. } => {
+            st.packet.daddr = to_addr(addr);
+            st.packet.dport = *port;
+            st.dnat = true;
+            st.path.push(format!(
+                "  dnat to {}",
+                show(&[addr.clone(), Value::Port(*port)])
+            ));
+            vec![(Step::Final(End::Accept), st, share)]
+        }
         Stmt::Masquerade => {
             st.masquerade = true;
             vec![(Step::Final(End::Accept), st, share)]
@@ -399,6 +409,7 @@ fn eval(st: &State, expr: &Expr, slot: Option<u32>) -> Option<Vec<Value>> {
             })),
             _ => None,
         },
+        Expr::Fixed(e, v) => eval(st, e, slot).map(|_| vec![v.clone()]),
         Expr::Value(v) => one(v.clone()),
         Expr::SetRef(_) => None,
     }

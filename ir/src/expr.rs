@@ -116,6 +116,10 @@ pub enum Expr {
     Concat(Vec<Expr>),
     /// `expr OP constant`, e.g. `meta mark & 0x4000`.
     Bitwise(Box<Expr>, BinOp, u32),
+    /// `expr & 0 | value`: the constant `value` where nft's grammar only takes an expression
+    /// (a component of a concatenated key, which nft 1.0.6 cannot type when it is a literal).
+    /// `expr` gives the width and type; its bits are masked away.
+    Fixed(Box<Expr>, Value),
     Value(Value),
     /// A named set of the same table: `@name`.
     SetRef(String),
@@ -175,6 +179,12 @@ pub enum Stmt {
         family: Family,
         key: Expr,
         map: String,
+    },
+    /// `dnat <family> to address:port`: rewrite the destination to one endpoint.
+    Dnat {
+        family: Family,
+        addr: Value,
+        port: u16,
     },
     /// `masquerade fully-random`.
     Masquerade,

@@ -129,6 +129,14 @@ impl Display for Expr {
                 };
                 write!(f, "{e} {op} {v:#x}")
             }
+            Expr::Fixed(e, v) => {
+                let zero = match v {
+                    Value::Ipv4(_) => "0.0.0.0",
+                    Value::Ipv6(_) => "::",
+                    _ => "0",
+                };
+                write!(f, "{e} & {zero} | {v}")
+            }
             Expr::Value(v) => write!(f, "{v}"),
             Expr::SetRef(name) => write!(f, "@{name}"),
         }
@@ -162,6 +170,10 @@ impl Display for Stmt {
             },
             Stmt::Vmap { key, map } => write!(f, "{key} vmap @{map}"),
             Stmt::DnatMap { family, key, map } => write!(f, "dnat {family} to {key} map @{map}"),
+            Stmt::Dnat { family, addr, port } => match addr {
+                Value::Ipv6(a) => write!(f, "dnat {family} to [{a}]:{port}"),
+                a => write!(f, "dnat {family} to {a}:{port}"),
+            },
             Stmt::Masquerade => f.write_str("masquerade fully-random"),
             Stmt::MetaSet { key, value } => write!(f, "{} set {value}", Expr::Meta(*key)),
             Stmt::Update {
