@@ -1,10 +1,12 @@
 //! The chains: hooks, the frontend lookup, the shared pick chains, and the checks that REJECT
 //! or DROP what no Service port takes.
 
-use crate::family::{Ipf, FAMILIES};
-use crate::layout::{endpoints_map, PROTOCOLS};
+use crate::endpoints::Backend;
+use crate::family::{addr, Ipf, FAMILIES};
+use crate::layout::{endpoints_map, Frontend, PROTOCOLS};
 use crate::node::{loopback, NodeFacts};
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use svc_nft_ir::{
     BaseChain, BinOp, Chain, ChainType, CtKey, CtState, Expr, Hook, L4Proto, MetaKey, Payload,
     RejectWith, Rule, Stmt, Table, Value, Verdict,
@@ -103,11 +105,6 @@ pub fn register(
     pick.name(f, proto)
 }
 
-/// The chain that records a client's endpoint for `timeout` seconds.
-pub fn remember_chain(f: Ipf, proto: L4Proto, timeout: u32) -> String {
-    f.name("remember") + &format!("-{proto}-{timeout}s")
-}
-
 /// `meta l4proto P`: also what lets nft 1.0.6 type `ct original proto-dst` (without it: "can
 /// not use variable sized data types").
 fn is_proto(proto: L4Proto) -> Stmt {
@@ -157,24 +154,35 @@ pub fn pick(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> (String, Ch
     (pick.name(f, proto), pick_chain(node, f, proto, pick))
 }
 
-/// The affinity recorder chain for `timeout` seconds, with its name.
-pub fn recorder(f: Ipf, proto: L4Proto, timeout: u32) -> (String, Chain) {
-    (
-        remember_chain(f, proto, timeout),
-        remember(f, proto, timeout),
-    )
+/// The verdict map that sends a frontend's clients to their Service port's affinity chain:
+/// the one choosing among all endpoints, or among this node's (`local`); of frontends (keyed
+/// by address and port) or of NodePorts on CIDRs (by port).
+pub fn affinity_lookup_map(f: Ipf, local: bool, nodeport: bool) -> String {
+    let name = match local {
+        true => f.name("affinity-lookup-local"),
+        false => f.name("affinity-lookup"),
+    };
+    match nodeport {
+        true => format!("nodeport-{name}"),
+        false => name,
+    }
 }
 
-/// DNAT to the recorded endpoint of a client with session affinity, if there is one, else to
-/// slot `random mod n` of the map (keyed by frontend address and port, or for NodePorts on
-/// CIDRs by port alone).
+/// DNAT to the endpoint a client with session affinity is pinned to, if its Service port has
+/// affinity and it has one there, else to slot `random mod n` of the map (keyed by frontend
+/// address and port, or for NodePorts on CIDRs by port alone).
 fn dnat(f: Ipf, proto: L4Proto, local: bool, n: usize, nodeport: bool) -> Vec<Rule> {
-    let client = [f.saddr()].into_iter().chain(f.frontend_key());
     let dport = Expr::Payload(Payload::Dport(proto));
-    let remembered = rule(vec![Stmt::DnatMap {
-        family: f.nat_family(),
-        key: Expr::Concat(client.collect()),
-        map: f.name("affinity"),
+    let frontend = match nodeport {
+        true => vec![
+            Expr::Meta(MetaKey::L4Proto),
+            Expr::Payload(Payload::ThDport),
+        ],
+        false => f.frontend_key(),
+    };
+    let pinned = rule(vec![Stmt::Vmap {
+        key: Expr::Concat(frontend),
+        map: affinity_lookup_map(f, local, nodeport),
     }]);
     let slot = Expr::NumgenRandom(n as u32);
     let key = match nodeport {
@@ -186,7 +194,7 @@ fn dnat(f: Ipf, proto: L4Proto, local: bool, n: usize, nodeport: bool) -> Vec<Ru
         key: Expr::Concat(key),
         map: endpoints_map(f, proto, local, nodeport),
     }]);
-    vec![remembered, random]
+    vec![pinned, random]
 }
 
 fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> Chain {
@@ -239,60 +247,73 @@ fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> Chain {
     Chain::regular(rules)
 }
 
-/// Record which endpoint the client got, keyed by what it asked for (before DNAT).
-fn remember(f: Ipf, proto: L4Proto, timeout: u32) -> Chain {
-    let key = vec![
+/// The affinity entry of a client of a Service port on an endpoint: `client . cluster IP .
+/// proto . port . endpoint address`. The cluster IP and port name the Service port whatever
+/// frontend the client used, so all its frontends share the entry; the endpoint is what the
+/// packet holds, or a fixed one. (No endpoint port: an IPv6 key with one is more than nft
+/// 1.0.6 can compile, and an address is one endpoint of a Service port.)
+fn affinity_key(f: Ipf, port: &AffinityPort, endpoint: Option<&IpAddr>) -> Expr {
+    let fixed = |e: Expr, v: Value| Expr::Fixed(Box::new(e), v);
+    let port_number = Value::Port(port.cluster_ip.port);
+    Expr::Concat(vec![
         f.saddr(),
-        f.original_daddr(),
+        fixed(f.daddr(), addr(&port.cluster_ip.addr)),
         Expr::Meta(MetaKey::L4Proto),
-        Expr::Ct(CtKey::OriginalProtoDst),
-    ];
-    let update = Stmt::Update {
-        set: f.name("affinity"),
-        key: Expr::Concat(key),
-        timeout: Some(timeout),
-        data: Some(Expr::Concat(vec![
-            f.daddr(),
-            Expr::Payload(Payload::Dport(proto)),
-        ])),
-    };
-    if !f.nft_can_record_affinity() {
-        return Chain::regular(vec![]); // the runtime adds the rule over netlink
-    }
-    Chain::regular(vec![rule(vec![is_proto(proto), update])])
+        fixed(Expr::Payload(Payload::ThDport), port_number),
+        match endpoint {
+            Some(ip) => fixed(f.daddr(), addr(ip)),
+            None => f.daddr(),
+        },
+    ])
 }
 
-/// A chain that must record affinity but that nft cannot fill: the runtime adds
-/// `meta l4proto P update @set { saddr . original daddr . l4proto . original dport timeout
-/// T : daddr . dport }` to it over netlink.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AffinityRecorder {
-    pub chain: String,
-    pub set: String,
+/// A Service port with session affinity, as its chains need it.
+pub struct AffinityPort<'a> {
+    /// `namespace/name[:port]`: names the chains.
+    pub label: &'a str,
     pub proto: L4Proto,
-    /// Seconds.
+    pub cluster_ip: Frontend,
     pub timeout: u32,
 }
 
-/// The IPv6 affinity recorders of a table (see [`Ipf::nft_can_record_affinity`]).
-pub fn affinity_recorders(table: &Table) -> Vec<AffinityRecorder> {
-    let f = Ipf { v6: true };
-    let mut out = Vec::new();
-    for name in table.chains.keys() {
-        for proto in PROTOCOLS {
-            let prefix = f.name("remember") + &format!("-{proto}-");
-            let timeout = name.strip_prefix(&prefix).and_then(|t| t.strip_suffix('s'));
-            if let Some(timeout) = timeout.and_then(|t| t.parse().ok()) {
-                out.push(AffinityRecorder {
-                    chain: name.clone(),
-                    set: f.name("affinity"),
-                    proto,
-                    timeout,
-                });
-            }
-        }
+impl AffinityPort<'_> {
+    fn chain_name(&self, f: Ipf, base: &str) -> String {
+        format!("{}-{}", f.name(base), self.label.replace(':', "/"))
     }
-    out
+
+    /// The chain that DNATs a client to the endpoint among `backends` it is pinned to, if it
+    /// is pinned to one of them: endpoints no longer in use are never chosen again, whatever
+    /// entries they still have. `local`: `backends` are this node's endpoints.
+    pub fn sticky(&self, f: Ipf, local: bool, backends: &[Backend]) -> (String, Chain) {
+        let rules = backends.iter().map(|(ip, port)| {
+            rule(vec![
+                is_proto(self.proto),
+                Stmt::matches(
+                    affinity_key(f, self, Some(ip)),
+                    Expr::SetRef(f.name("affinity")),
+                ),
+                Stmt::Dnat {
+                    family: f.nat_family(),
+                    addr: addr(ip),
+                    port: *port,
+                },
+            ])
+        });
+        let base = if local { "sticky-local" } else { "sticky" };
+        (self.chain_name(f, base), Chain::regular(rules.collect()))
+    }
+
+    /// The chain that records (or refreshes) which endpoint a client got, after DNAT.
+    pub fn recorder(&self, f: Ipf) -> (String, Chain) {
+        let update = Stmt::Update {
+            set: f.name("affinity"),
+            key: affinity_key(f, self, None),
+            timeout: Some(self.timeout),
+            data: None,
+        };
+        let rules = vec![rule(vec![is_proto(self.proto), update])];
+        (self.chain_name(f, "remember"), Chain::regular(rules))
+    }
 }
 
 /// The rules of NodePorts on every local address `--nodeport-addresses` covers, for family `f`.

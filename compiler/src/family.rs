@@ -63,14 +63,6 @@ impl Ipf {
         }
     }
 
-    /// Whether nft can compile the rule that records session affinity. Not for IPv6: nft
-    /// 1.0.6 aborts (`netlink_gen_expr: Assertion 'dreg < ctx->reg_low'`) compiling an
-    /// `update` of a map with a concatenated IPv6 key and data, so the runtime installs that
-    /// rule over netlink instead (see [`crate::affinity_recorders`]).
-    pub fn nft_can_record_affinity(self) -> bool {
-        !self.v6
-    }
-
     /// Prefixes of this family, as interval-set elements.
     pub fn prefixes<'a>(self, nets: &'a [IpNet]) -> impl Iterator<Item = Value> + 'a {
         nets.iter()

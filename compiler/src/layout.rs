@@ -8,7 +8,11 @@
 //!   per family, `service-ports-v4|v6`;
 //! - its element jumps to one of a few *shared* pick chains (one per kind of traffic, family,
 //!   protocol and endpoint count in use, never one per Service: verdict elements that jump to
-//!   many distinct chains are what loads in quadratic time);
+//!   many distinct chains that jump on are what loads in quadratic time);
+//! - only a Service port with session affinity has chains of its own (sticky chains and a
+//!   recorder, see [`chains::AffinityPort`]): leaves, reached through verdict maps, reading one
+//!   shared set — sets per port would load in quadratic time (the kernel finds sets by name in
+//!   a list);
 //! - a pick chain draws a slot with `numgen random mod N` and DNATs through a data map keyed
 //!   by `frontend address . port . slot`.
 
@@ -20,8 +24,8 @@ use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use svc_nft_ir::{
-    Data, DataType, Element, Expr, Family, Key, L4Proto, Payload, Set, SetFlag, Table, TypeSpec,
-    Value, Verdict,
+    Chain, Data, DataType, Element, Expr, Family, Key, L4Proto, Payload, Set, SetFlag, Table,
+    TypeSpec, Value, Verdict,
 };
 
 /// An address and port on this node where a Service port is reached.
@@ -80,8 +84,8 @@ pub struct Contribution {
     /// (set, key, element), in the order written.
     pub elements: Vec<(String, Key, Element)>,
     pub picks: BTreeSet<(Ipf, L4Proto, Pick)>,
-    /// (family, protocol, timeout) of the affinity recorders used.
-    pub remembers: BTreeSet<(Ipf, L4Proto, u32)>,
+    /// The chains of Service ports with session affinity: theirs alone, named after them.
+    pub chains: BTreeMap<String, Chain>,
 }
 
 impl Contribution {
@@ -96,9 +100,6 @@ impl Contribution {
                 sp,
             }
             .add();
-            if let Some(timeout) = sp.affinity_timeout {
-                out.remembers.insert((f, sp.proto, timeout));
-            }
         }
         out
     }
@@ -146,11 +147,10 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
     let frontend = || vec![addr, DataType::InetProto, DataType::InetService];
     let mut sources = Set::keys(TypeSpec::Type([frontend(), vec![addr]].concat()));
     sources.flags = vec![SetFlag::Interval];
-    // client . frontend address . proto . frontend port : endpoint address . port
-    let mut affinity = Set::data_map(
-        TypeSpec::Type([vec![addr], frontend()].concat()),
-        TypeSpec::Type(vec![addr, DataType::InetService]),
-    );
+    // client . cluster IP . proto . port . endpoint address (see `chains::AffinityPort`)
+    let mut affinity = Set::keys(TypeSpec::Type(
+        [vec![addr], frontend(), vec![addr]].concat(),
+    ));
     affinity.flags = vec![SetFlag::Dynamic, SetFlag::Timeout];
     let sets = [
         ("cluster-ips", Set::keys(TypeSpec::Type(vec![addr]))),
@@ -169,8 +169,10 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
         table.sets.insert(f.name(name), set);
     }
     table.sets.insert(f.name("affinity"), affinity);
-    let ports = Set::verdict_map(TypeSpec::Type(frontend()));
-    table.sets.insert(f.name("affinity-ports"), ports);
+    for name in ["affinity-ports", "affinity-lookup", "affinity-lookup-local"] {
+        let ports = Set::verdict_map(TypeSpec::Type(frontend()));
+        table.sets.insert(f.name(name), ports);
+    }
     add_endpoint_maps(table, f, false);
     if let Some(ranges) = node.nodeport_ranges(f.v6) {
         add_nodeport_sets(table, f, &ranges);
@@ -178,7 +180,7 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
 }
 
 /// The sets of NodePorts on CIDRs: which addresses, and per `proto . port` the verdict, the
-/// refusal without endpoints and the affinity recorder.
+/// refusal without endpoints and the affinity chains.
 fn add_nodeport_sets(table: &mut Table, f: Ipf, ranges: &[IpNet]) {
     let port = || TypeSpec::Type(vec![DataType::InetProto, DataType::InetService]);
     let sets = [
@@ -186,6 +188,8 @@ fn add_nodeport_sets(table: &mut Table, f: Ipf, ranges: &[IpNet]) {
         ("service-nodeports", Set::verdict_map(port())),
         ("nodeport-no-endpoints", Set::keys(port())),
         ("nodeport-affinity-ports", Set::verdict_map(port())),
+        ("nodeport-affinity-lookup", Set::verdict_map(port())),
+        ("nodeport-affinity-lookup-local", Set::verdict_map(port())),
     ];
     for (name, set) in sets {
         table.sets.insert(f.name(name), set);
@@ -372,6 +376,7 @@ impl Elements<'_> {
                 if local {
                     self.backends(at, true, &sp.endpoints.local);
                 }
+                self.affinity(at, cluster, local);
                 Verdict::Goto(chain)
             }
         };
@@ -379,12 +384,41 @@ impl Elements<'_> {
             At::Frontend(_) => f.name("service-ports"),
             At::NodePort(_) => f.name("service-nodeports"),
         };
-        self.insert(&ports, key.clone(), Some(Data::Verdict(verdict)), true);
-        if let Some(timeout) = sp.affinity_timeout {
-            let remember = Verdict::Jump(chains::remember_chain(f, sp.proto, timeout));
-            let data = Some(Data::Verdict(remember));
-            self.insert(&at.set(f, "affinity-ports"), key, data, false);
+        self.insert(&ports, key, Some(Data::Verdict(verdict)), true);
+    }
+
+    /// With session affinity: the frontend's clients go through the port's sticky chains of
+    /// the endpoint lists its pick reads (all, this node's), and are recorded by its recorder.
+    fn affinity(&mut self, at: At, cluster: bool, local: bool) {
+        let (f, sp) = (self.f, self.sp);
+        let Some(timeout) = sp.affinity_timeout else {
+            return;
+        };
+        let port = chains::AffinityPort {
+            label: &sp.label,
+            proto: sp.proto,
+            cluster_ip: sp.cluster_ip,
+            timeout,
+        };
+        let lists = [
+            (false, cluster, &sp.endpoints.cluster),
+            (true, local, &sp.endpoints.local),
+        ];
+        for (is_local, _, backends) in lists.into_iter().filter(|l| l.1) {
+            let (name, chain) = port.sticky(f, is_local, backends);
+            let map = chains::affinity_lookup_map(f, is_local, at.nodeport());
+            self.insert(
+                &map,
+                self.key(at),
+                Some(Data::Verdict(Verdict::Jump(name.clone()))),
+                false,
+            );
+            self.out.chains.insert(name, chain);
         }
+        let (name, chain) = port.recorder(f);
+        let remember = Some(Data::Verdict(Verdict::Jump(name.clone())));
+        self.insert(&at.set(f, "affinity-ports"), self.key(at), remember, false);
+        self.out.chains.insert(name, chain);
     }
 
     fn backends(&mut self, at: At, local: bool, backends: &[Backend]) {

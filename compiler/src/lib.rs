@@ -17,7 +17,7 @@ mod node;
 mod services;
 mod validate;
 
-pub use chains::{affinity_recorders, AffinityRecorder, MASQUERADE_MARK};
+pub use chains::MASQUERADE_MARK;
 pub use diagnostic::{Diagnostic, ObjectId, Origin, Severity};
 pub use incremental::{Delta, HealthCheck, Incremental, NoLocalEndpoints};
 pub use layout::{udp_frontends, UdpFrontend, UdpFrontends, UdpTargets};

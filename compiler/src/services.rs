@@ -4,7 +4,6 @@
 //! share one.
 
 use crate::endpoints::{choose, Chosen};
-use crate::family::Ipf;
 use crate::layout::{Frontend, ServicePort};
 use crate::model::{ServiceInfo, ServiceName, Shape, SliceInfo};
 use crate::node::NodeFacts;
@@ -284,11 +283,6 @@ impl Expanding<'_> {
                     "{label}: NodePort {node_port} not programmed: no node IP (--node-ip)"
                 ));
             }
-        }
-        if info.affinity_timeout.is_some() && !Ipf::of(&ip).nft_can_record_affinity() {
-            notes.push(format!(
-                "{label} ({ip}): sessionAffinity is recorded by a rule svc-nft apply/run add over netlink (nft 1.0.6 cannot compile it)"
-            ));
         }
         let endpoints = choose(self.slices, v6, port, self.node);
         notes.extend(endpoint_notes(

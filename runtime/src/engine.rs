@@ -17,10 +17,10 @@
 
 use crate::conntrack;
 use crate::kernel::{self, Changes, Inventory, NftError};
-use crate::netlink::{self, encode_rule, plain, recorder_rule};
+use crate::netlink::{self, encode_rule, plain};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use svc_nft_compiler::{affinity_recorders, udp_frontends, Delta, UdpTargets};
+use svc_nft_compiler::{udp_frontends, Delta, UdpTargets};
 use svc_nft_ir::{diff, replace_script, Data, Op, SetFlag, Stmt, Table, Transaction, Value};
 
 /// How a sync reached the kernel.
@@ -134,20 +134,13 @@ impl Engine {
             }
         };
         match sent {
-            Ok(bytes) => {
-                // The netlink batch held the recorders of the chains it created.
-                if route == Route::Nft {
-                    let created = created_chains(tx);
-                    self.install_recorders(desired, |chain| created.contains(chain));
-                }
-                Ok(Synced {
-                    route,
-                    changes,
-                    bytes,
-                    took: start.elapsed(),
-                    conntrack_deleted: clear_stale_udp(stale),
-                })
-            }
+            Ok(bytes) => Ok(Synced {
+                route,
+                changes,
+                bytes,
+                took: start.elapsed(),
+                conntrack_deleted: clear_stale_udp(stale),
+            }),
             Err(e) => {
                 // Nothing changed in the kernel (all or nothing); start over from a full
                 // replace, with a fresh socket.
@@ -221,7 +214,6 @@ impl Engine {
                 }
             }
         };
-        self.install_recorders(desired, |_| true);
         self.in_sync = true;
         Ok(Synced {
             route: Route::Full,
@@ -245,8 +237,8 @@ fn carried_affinity(desired: &Table) -> String {
     if !stmts.into_iter().any(|s| matches!(s, Stmt::Update { .. })) {
         return String::new();
     }
-    // (frontend address . port, endpoint address . port) of every endpoint map element,
-    // whose key is `frontend address . port . slot`.
+    // (frontend address . port, endpoint address) of every endpoint map element, whose key
+    // is `frontend address . port . slot`.
     let text = |values: &[Value]| {
         let parts: Vec<String> = values.iter().map(ToString::to_string).collect();
         parts.join(" . ")
@@ -257,15 +249,15 @@ fn carried_affinity(desired: &Table) -> String {
         .flat_map(|s| &s.elements)
         .filter_map(|(key, e)| match (key.as_slice(), &e.data) {
             ([addr, port, Value::Int(_)], Some(Data::Values(to))) => {
-                Some((text(&[addr.clone(), port.clone()]), text(to)))
+                Some((text(&[addr.clone(), port.clone()]), text(&to[..1])))
             }
             _ => None,
         })
         .collect();
-    // An entry is `client . frontend address . proto . frontend port : endpoint`: keep it
-    // only while that frontend still has that endpoint.
-    let keep = |parts: &[String], data: &str| match parts {
-        [_, addr, _, port] => live.contains(&(format!("{addr} . {port}"), data.to_string())),
+    // An entry is `client . cluster IP . proto . port . endpoint address`: keep it only
+    // while the cluster IP still has that endpoint.
+    let keep = |parts: &[String]| match parts {
+        [_, addr, _, port, to] => live.contains(&(format!("{addr} . {port}"), to.clone())),
         _ => false,
     };
     let timed = desired
@@ -273,7 +265,7 @@ fn carried_affinity(desired: &Table) -> String {
         .iter()
         .filter(|(_, s)| s.flags.contains(&SetFlag::Timeout));
     timed
-        .filter_map(|(name, _)| kernel::list_map(&desired.name, name))
+        .filter_map(|(name, _)| kernel::list_set(&desired.name, name))
         .map(|listing| kernel::carried_elements(&listing, keep))
         .collect()
 }
@@ -309,27 +301,6 @@ fn clear_stale_udp(stale: &UdpTargets) -> u64 {
 }
 
 impl Engine {
-    /// Add the rules that record IPv6 session affinity — which nft cannot compile — to those
-    /// of their chains that were just (re)created. Failing is logged: only stickiness is lost.
-    fn install_recorders(&mut self, desired: &Table, created: impl Fn(&str) -> bool) {
-        let recorders: Vec<_> = affinity_recorders(desired)
-            .into_iter()
-            .filter(|r| created(&r.chain))
-            .collect();
-        if recorders.is_empty() {
-            return;
-        }
-        let socket = match &mut self.socket {
-            Some(socket) => Ok(socket),
-            empty => netlink::Socket::open().map(|s| empty.insert(s)),
-        };
-        let added = socket.and_then(|s| s.add_affinity_recorders(desired, &recorders));
-        if let Err(e) = added {
-            self.socket = None;
-            tracing::warn!("IPv6 session affinity is not recorded: {e}");
-        }
-    }
-
     /// What replacing the table in the kernel with `desired` will change, from netlink dumps
     /// of it; `None` (logged) when they fail.
     fn changes_from_kernel(&mut self, desired: &Table) -> Option<Changes> {
@@ -351,20 +322,10 @@ impl Engine {
     }
 }
 
-/// The chains a transaction creates.
-fn created_chains(tx: &Transaction) -> BTreeSet<&str> {
-    let created = tx.ops.iter().filter_map(|op| match op {
-        Op::AddChain(name, _) => Some(name.as_str()),
-        _ => None,
-    });
-    created.collect()
-}
-
 /// The transaction as one netlink batch, when every command of it can be: elements of plain
 /// sets (interval sets take nft's range encoding), regular chains created, flushed or deleted
-/// (a base chain is never created incrementally), rules the encoder knows — plus the IPv6
-/// affinity recorder rules of the chains it creates, which nft cannot compile. `desired`
-/// declares the sets the rules read.
+/// (a base chain is never created incrementally), rules the encoder knows. `desired` declares
+/// the sets the rules read.
 fn netlink_ops<'t>(tx: &'t Transaction, desired: &Table) -> Option<Vec<netlink::Op<'t>>> {
     use netlink::Op as Nl;
     let plain_set = |name: &str| {
@@ -373,8 +334,7 @@ fn netlink_ops<'t>(tx: &'t Transaction, desired: &Table) -> Option<Vec<netlink::
             .get(name)
             .is_some_and(|s| !s.flags.contains(&SetFlag::Interval))
     };
-    let mut ops = tx
-        .ops
+    tx.ops
         .iter()
         .map(|op| match op {
             Op::AddElements(set, elems)
@@ -391,20 +351,7 @@ fn netlink_ops<'t>(tx: &'t Transaction, desired: &Table) -> Option<Vec<netlink::
             Op::AddRule(chain, rule) => encode_rule(rule, desired).map(|r| Nl::AddRule(chain, r)),
             _ => None,
         })
-        .collect::<Option<Vec<_>>>()?;
-    let created = created_chains(tx);
-    if !created.is_empty() {
-        for rec in affinity_recorders(desired) {
-            let Some(chain) = created.get(rec.chain.as_str()) else {
-                continue;
-            };
-            ops.push(Nl::AddRule(
-                chain,
-                encode_rule(&recorder_rule(&rec), desired)?,
-            ));
-        }
-    }
-    Some(ops)
+        .collect()
 }
 
 fn plain_data(e: &svc_nft_ir::Element) -> bool {

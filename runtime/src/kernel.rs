@@ -43,10 +43,10 @@ pub fn list_table(name: &str) -> Result<Option<Value>, NftError> {
     serde_json::from_str(&listing).map(Some).map_err(failed)
 }
 
-/// `nft -j list map inet TABLE MAP` as JSON, or `None` when it cannot be listed (no such
-/// table or map yet).
-pub fn list_map(table: &str, map: &str) -> Option<Value> {
-    let listing = run(&["-j", "list", "map", "inet", table, map], "").ok()?;
+/// `nft -j list set inet TABLE SET` as JSON, or `None` when it cannot be listed (no such
+/// table or set yet).
+pub fn list_set(table: &str, set: &str) -> Option<Value> {
+    let listing = run(&["-j", "list", "set", "inet", table, set], "").ok()?;
     serde_json::from_str(&listing).ok()
 }
 
@@ -80,13 +80,13 @@ fn filled_by_rules(set: &Value) -> bool {
     flags.into_iter().any(|f| f == "dynamic" || f == "timeout")
 }
 
-/// The elements rules added to the table's maps, as `add element` commands that put them
+/// The elements rules added to the table's sets, as `add element` commands that put them
 /// back with the lifetime they have left — so that a table replaced at start-up keeps its
-/// clients' session affinity. Only entries `keep(key parts, data)` accepts are carried over.
-pub fn carried_elements(listing: &Value, keep: impl Fn(&[String], &str) -> bool) -> String {
+/// clients' session affinity. Only entries whose key parts `keep` accepts are carried over.
+pub fn carried_elements(listing: &Value, keep: impl Fn(&[String]) -> bool) -> String {
     let mut script = String::new();
     for item in items(listing) {
-        let Some(set) = item.get("map").filter(|s| filled_by_rules(s)) else {
+        let Some(set) = item.get("set").filter(|s| filled_by_rules(s)) else {
             continue;
         };
         let table = set["table"].as_str().unwrap_or_default();
@@ -95,18 +95,16 @@ pub fn carried_elements(listing: &Value, keep: impl Fn(&[String], &str) -> bool)
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|pair| {
-                let (key, data) = (&pair[0]["elem"], nft_text(&pair[1]));
+            .filter_map(|elem| {
+                let key = &elem["elem"];
                 let parts: Vec<String> = match &key["val"]["concat"] {
                     Value::Array(parts) => parts.iter().map(nft_text).collect(),
                     other => vec![nft_text(other)],
                 };
-                let expires = key["expires"].as_u64().filter(|_| keep(&parts, &data))?;
+                let expires = key["expires"].as_u64().filter(|_| keep(&parts))?;
                 let timeout = key["timeout"].as_u64()?;
                 let key = nft_text(&key["val"]);
-                Some(format!(
-                    "{key} timeout {timeout}s expires {expires}s : {data}"
-                ))
+                Some(format!("{key} timeout {timeout}s expires {expires}s"))
             })
             .collect();
         if !elems.is_empty() {

@@ -68,33 +68,18 @@ fn chains(ns: &Netns, table: &Table) -> BTreeMap<String, (Json, Vec<String>)> {
     table.chains.keys().map(|c| (c.clone(), view(c))).collect()
 }
 
-/// The IPv6 affinity recorder chains, whose rule the runtime adds (nft cannot compile it).
-fn is_v6_recorder(chain: &str) -> bool {
-    chain.starts_with("remember-v6-")
-}
-
-/// A chain listing's rules as nft prints them (`nft list chain`), one per line.
-fn rule_lines(ns: &Netns, table: &str, chain: &str) -> Vec<String> {
-    let text = ns.nft_list(&format!("list chain inet {table} {chain}"));
-    let rules = text.lines().map(str::trim).filter(|l| {
-        !l.is_empty() && !l.starts_with("table ") && !l.starts_with("chain ") && *l != "}"
-    });
-    rules.map(String::from).collect()
-}
-
 /// Every chain of every golden case: nft loads the table; then, in its place, a table with
 /// the same sets and only its base chains (empty) is synced to the whole one by a delta the
 /// engine sends over netlink — every regular chain created, every chain filled. Each chain
 /// lists the same (`nft -j list chain`, handles aside) and holds the same kernel expressions
-/// (`nft --debug=netlink list chain`) both ways. The IPv6 affinity recorder, which nft cannot
-/// compile, lists as its IPv4 twin does, with IPv6 fields.
+/// (`nft --debug=netlink list chain`) both ways.
 #[test]
 fn every_compiled_chain_created_over_netlink_is_what_nft_creates() {
     if !netns::require() {
         return;
     }
     let ns = Netns::new("nlrules");
-    let (mut checked, mut recorders) = (0, 0);
+    let mut checked = 0;
     for (case, table) in golden_tables() {
         let target = without_elements(&table);
         let name = target.name.clone();
@@ -125,9 +110,6 @@ fn every_compiled_chain_created_over_netlink_is_what_nft_creates() {
         assert_eq!((route, failures), (Route::Netlink, 0), "{case}");
         let by_netlink = chains(&ns, &target);
         for (chain, (json, exprs)) in &by_nft {
-            if is_v6_recorder(chain) {
-                continue;
-            }
             let (nl_json, nl_exprs) = &by_netlink[chain];
             if json != nl_json || exprs != nl_exprs {
                 let delta = unified_diff(
@@ -139,31 +121,10 @@ fn every_compiled_chain_created_over_netlink_is_what_nft_creates() {
             }
             checked += 1;
         }
-        // The IPv6 recorder reads as the IPv4 one of the same protocol and timeout would.
-        for chain in target.chains.keys().filter(|c| is_v6_recorder(c)) {
-            let twin = chain.replace("-v6-", "-v4-");
-            let v6 = rule_lines(&ns, &name, chain);
-            assert_eq!(v6.len(), 1, "{case}: {chain}: {v6:?}");
-            if target.chains.contains_key(&twin) {
-                ns.nft(&delete).unwrap();
-                ns.nft(&replace_script(&target)).unwrap();
-                let v4 = rule_lines(&ns, &name, &twin);
-                let as_v6 = v4[0]
-                    .replace("@affinity-v4", "@affinity-v6")
-                    .replace("ip saddr", "ip6 saddr")
-                    .replace("ip daddr", "ip6 daddr");
-                assert_eq!(v6[0], as_v6, "{case}: {chain}");
-                recorders += 1;
-            }
-        }
         ns.nft(&delete).unwrap();
     }
-    eprintln!("{checked} chains compared, {recorders} IPv6 recorders");
+    eprintln!("{checked} chains compared");
     assert!(checked > 100, "only {checked} chains compared");
-    assert!(
-        recorders > 0,
-        "no IPv6 recorder compared with its IPv4 twin"
-    );
 }
 
 /// Services whose changes bring chains into and out of use: ClientIP affinity (v4 and v6)
@@ -228,8 +189,8 @@ fn node() -> NodeFacts {
     }
 }
 
-/// The chains a delta creates and deletes.
-fn moved(delta: &Delta) -> (Vec<String>, Vec<String>) {
+/// The chains a delta creates, deletes and refills.
+fn moved(delta: &Delta) -> (Vec<String>, Vec<String>, Vec<String>) {
     let ops = &delta.transaction.as_ref().expect("a transaction").ops;
     let names = |pick: fn(&Op) -> Option<&String>| ops.iter().filter_map(pick).cloned().collect();
     let added = names(|op| match op {
@@ -240,11 +201,21 @@ fn moved(delta: &Delta) -> (Vec<String>, Vec<String>) {
         Op::DeleteChain(name) => Some(name),
         _ => None,
     });
-    (added, deleted)
+    let flushed: Vec<String> = names(|op| match op {
+        Op::FlushChain(name) => Some(name),
+        _ => None,
+    });
+    // A chain deleted is flushed first.
+    let refilled = flushed
+        .into_iter()
+        .filter(|c| !deleted.contains(c))
+        .collect();
+    (added, deleted, refilled)
 }
 
-/// The per-Service compiler's deltas that add and remove pick, external-local and affinity
-/// chains (IPv6 recorders included) go over netlink in one batch each, and leave the kernel
+/// The per-Service compiler's deltas that add and remove pick and external-local chains, and
+/// refill or delete a Service port's affinity chains (IPv6 included), go over netlink in one
+/// batch each, and leave the kernel
 /// holding exactly the table loaded whole: a full replace by `reconcile` finds nothing to
 /// change.
 #[test]
@@ -284,24 +255,27 @@ fn deltas_that_move_chains_go_over_netlink() {
             drift.is_empty(),
             "{step}: the kernel differs from the table: {drift}"
         );
-        let Some((added, deleted)) = moved else {
+        let Some((added, deleted, refilled)) = moved else {
             assert_eq!(step, "first");
             continue;
         };
         assert_eq!(route, Route::Netlink, "{step}");
-        let expect = |names: &[String], what: &str| {
-            for prefix in ["pick-v4-", "pick-v6-", "external-local-v4-", "remember-v6-"] {
+        let expect = |names: &[String], what: &str, prefixes: &[&str]| {
+            for prefix in prefixes {
                 assert!(
                     names.iter().any(|n| n.starts_with(prefix)),
                     "{step}: no {prefix} chain {what}: {names:?}"
                 );
             }
         };
+        let shared = ["pick-v4-", "pick-v6-", "external-local-v4-"];
+        let own = ["sticky-v4-t/web", "sticky-v6-t/web6", "remember-v6-t/web6"];
         match step {
-            "removed" => expect(&deleted, "deleted"),
+            "removed" => expect(&deleted, "deleted", &[&shared[..], &own].concat()),
             _ => {
-                expect(&added, "added");
-                expect(&deleted, "deleted");
+                expect(&added, "added", &shared);
+                expect(&deleted, "deleted", &shared);
+                expect(&refilled, "refilled", &own);
             }
         }
     }
@@ -362,7 +336,8 @@ fn traffic_flows_through_a_pick_chain_created_over_netlink() {
         moved,
         (
             vec!["pick-v4-tcp-3".to_string()],
-            vec!["pick-v4-tcp-2".to_string()]
+            vec!["pick-v4-tcp-2".to_string()],
+            vec![]
         )
     );
     let vip = "10.96.5.1:80".parse().unwrap();

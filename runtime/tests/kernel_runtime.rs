@@ -315,7 +315,7 @@ fn session_affinity_survives_an_agent_restart() {
     });
     let before = [pinned(k.c1), pinned(k.x1)];
     assert!(before.iter().all(|b| b.len() == 1), "pinned: {before:?}");
-    let entries = || k.lab.node.nft_list("list map inet svc-nft affinity-v4");
+    let entries = || k.lab.node.nft_list("list set inet svc-nft affinity-v4");
     assert!(
         entries().contains("10.244.9.2 . 10.96.5.7 . tcp . 80"),
         "{}",

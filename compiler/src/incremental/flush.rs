@@ -17,7 +17,6 @@ use std::sync::OnceLock;
 use svc_nft_ir::{diff, Chain, Element, Key, L4Proto, Set, Table, Value};
 
 pub(super) type PickKey = (Ipf, L4Proto, Pick);
-pub(super) type RecorderKey = (Ipf, L4Proto, u32);
 
 /// The elements and chains a flush removed and added.
 pub(super) struct Change {
@@ -27,6 +26,22 @@ pub(super) struct Change {
     /// endpoints: what the conntrack cleanup needs.
     udp_before: UdpFrontends,
     udp_after: UdpFrontends,
+}
+
+impl Change {
+    /// Note a Service port's own chain entering or leaving, unless it cancels out the same
+    /// chain left or entered within this flush.
+    fn note_chain(&mut self, name: &str, chain: &Chain, sign: Sign) {
+        let (into, from) = match sign {
+            Sign::Add => (&mut self.arrived, &mut self.gone),
+            Sign::Remove => (&mut self.gone, &mut self.arrived),
+        };
+        if from.chains.get(name) == Some(chain) {
+            from.chains.remove(name);
+        } else {
+            into.chains.insert(name.to_string(), chain.clone());
+        }
+    }
 }
 
 /// Whether a contribution enters or leaves the table.
@@ -64,7 +79,7 @@ impl Incremental {
             udp_before: UdpFrontends::new(),
             udp_after: UdpFrontends::new(),
         };
-        let (picks_before, recorders_before) = (self.picks.clone(), self.recorders.clone());
+        let picks_before = self.picks.clone();
         let (mut notes_changed, mut diagnostics) = (false, std::mem::take(&mut self.warnings));
         let recompiled = touched.len() + promoted.len();
         for (name, old) in touched.into_iter().chain(promoted) {
@@ -73,7 +88,7 @@ impl Incremental {
             notes_changed |= self.recompile(&name, &before, &mut change);
             diagnostics.extend(self.new_clashes(&name, &before));
         }
-        self.chain_changes(&picks_before, &recorders_before, &mut change);
+        self.chain_changes(&picks_before, &mut change);
         self.service_cidr_changes(&mut change);
         if notes_changed {
             self.shape.notes = self.notes.values().flatten().cloned().collect();
@@ -158,7 +173,6 @@ impl Incremental {
         self.shape = layout::skeleton(&self.node);
         self.notes.clear();
         self.picks.clear();
-        self.recorders.clear();
         self.hairpins = AddrCounts::default();
         self.elements = 0;
         self.health.clear();
@@ -179,10 +193,6 @@ impl Incremental {
         }
         for &(f, proto, pick) in self.picks.keys() {
             let (name, chain) = chains::pick(&self.node, f, proto, pick);
-            self.shape.chains.insert(name, chain);
-        }
-        for &(f, proto, timeout) in self.recorders.keys() {
-            let (name, chain) = chains::recorder(f, proto, timeout);
             self.shape.chains.insert(name, chain);
         }
         self.shape.notes = self.notes.values().flatten().cloned().collect();
@@ -256,24 +266,22 @@ impl Incremental {
         for pick in &c.picks {
             bump(&mut self.picks, pick, sign);
         }
-        for r in &c.remembers {
-            bump(&mut self.recorders, r, sign);
+        for (name, chain) in &c.chains {
+            match sign {
+                Sign::Add => self.shape.chains.insert(name.clone(), chain.clone()),
+                Sign::Remove => self.shape.chains.remove(name),
+            };
+            if let Some(change) = change.as_deref_mut() {
+                change.note_chain(name, chain, sign);
+            }
         }
     }
 
-    /// Create the chains that came into use and delete those that fell out of use.
-    fn chain_changes(
-        &mut self,
-        picks_before: &BTreeMap<PickKey, usize>,
-        recorders_before: &BTreeMap<RecorderKey, usize>,
-        change: &mut Change,
-    ) {
+    /// Create the shared pick chains that came into use and delete those that fell out of use.
+    fn chain_changes(&mut self, picks_before: &BTreeMap<PickKey, usize>, change: &mut Change) {
         let node = &self.node;
         let pick = |k: &PickKey| chains::pick(node, k.0, k.1, k.2);
-        let recorder = |k: &RecorderKey| chains::recorder(k.0, k.1, k.2);
         moved_chains(picks_before, &self.picks, pick, &mut self.shape, change);
-        let (before, after) = (recorders_before, &self.recorders);
-        moved_chains(before, after, recorder, &mut self.shape, change);
     }
 
     /// The UDP side of a change, for the conntrack cleanup.

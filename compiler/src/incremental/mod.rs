@@ -26,7 +26,7 @@ use crate::model::{self, Invalid, ServiceInfo, ServiceName, SliceInfo};
 use crate::node::NodeFacts;
 use crate::{object_id, UdpTargets, SKIP_MIRROR_LABEL};
 use claims::Claims;
-use flush::{PickKey, RecorderKey};
+use flush::PickKey;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use service_cidrs::ServiceCidrs;
@@ -147,8 +147,8 @@ pub struct Incremental {
     notes: BTreeMap<ServiceName, Vec<String>>,
     /// The table without the Services' elements: every set declared, and the chains.
     shape: Table,
+    /// How many Service ports use each shared pick chain.
     picks: BTreeMap<PickKey, usize>,
-    recorders: BTreeMap<RecorderKey, usize>,
     /// Endpoints in the hairpin sets, and how many Service ports put each there.
     hairpins: flush::AddrCounts,
     /// Elements the Services put in the table.
@@ -247,7 +247,6 @@ impl Incremental {
             notes: BTreeMap::new(),
             shape: layout::skeleton(node),
             picks: BTreeMap::new(),
-            recorders: BTreeMap::new(),
             hairpins: flush::AddrCounts::default(),
             elements: 0,
             health: BTreeMap::new(),

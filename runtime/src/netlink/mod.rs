@@ -19,7 +19,7 @@ mod rules;
 
 pub use elements::plain;
 pub use inventory::Inventory;
-pub use rules::{encode_rule, recorder_rule, EncodedRule};
+pub use rules::{encode_rule, EncodedRule};
 use std::io;
 use svc_nft_ir::{Element, Key};
 

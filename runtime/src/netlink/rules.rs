@@ -15,10 +15,8 @@ mod encoder;
 mod tests;
 
 use super::elements::proto_number;
-use super::{comment_attr, nested, Batch, Socket, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA};
+use super::{comment_attr, nested, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA};
 use encoder::Encoder;
-use std::io;
-use svc_nft_compiler::AffinityRecorder;
 use svc_nft_ir::{
     CtKey, CtState, DataType, Expr, Family, L4Proto, MetaKey, Payload, Rule, Set, Stmt, Table,
     TypeSpec, Value,
@@ -113,7 +111,7 @@ fn size(e: &Expr) -> Option<usize> {
     match e {
         Expr::Concat(parts) => parts
             .iter()
-            .map(|p| field(p).map(|f| f.1.next_multiple_of(4)))
+            .map(|p| field(unfixed(p)).map(|f| f.1.next_multiple_of(4)))
             .sum(),
         Expr::Bitwise(..) => Some(4),
         _ => field(e).map(|f| f.1),
@@ -147,8 +145,16 @@ fn dependency(e: &Expr) -> Option<Dependency> {
 fn fields<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
     match e {
         Expr::Concat(parts) => parts.iter().for_each(|p| fields(p, out)),
-        Expr::Bitwise(inner, ..) => fields(inner, out),
+        Expr::Bitwise(inner, ..) | Expr::Fixed(inner, _) => fields(inner, out),
         other => out.push(other),
+    }
+}
+
+/// The field a component of a concatenation loads: a fixed value's, its expression.
+fn unfixed(e: &Expr) -> &Expr {
+    match e {
+        Expr::Fixed(inner, _) => inner,
+        other => other,
     }
 }
 
@@ -161,7 +167,7 @@ fn operands(stmt: &Stmt) -> Vec<&Expr> {
             [Some(key), data.as_ref()].into_iter().flatten().collect()
         }
         Stmt::MetaSet { value, .. } => vec![value],
-        Stmt::Masquerade | Stmt::Reject(_) | Stmt::Verdict(_) => vec![],
+        Stmt::Dnat { .. } | Stmt::Masquerade | Stmt::Reject(_) | Stmt::Verdict(_) => vec![],
     }
 }
 
@@ -238,51 +244,4 @@ pub fn encode_rule(rule: &Rule, table: &Table) -> Option<EncodedRule> {
         exprs: encoder.out,
         comment: rule.comment.clone(),
     })
-}
-
-/// The rule that records IPv6 session affinity into its chain: the IPv4 recorder's twin,
-/// `meta l4proto P update @set { ip6 saddr . ct original ip6 daddr . meta l4proto .
-/// ct original proto-dst timeout T : ip6 daddr . P dport }`, which nft 1.0.6 cannot compile
-/// (see `svc_nft_compiler::affinity_recorders`).
-pub fn recorder_rule(rec: &AffinityRecorder) -> Rule {
-    let key = Expr::Concat(vec![
-        Expr::Payload(Payload::Ip6Saddr),
-        Expr::Ct(CtKey::OriginalIp6Daddr),
-        Expr::Meta(MetaKey::L4Proto),
-        Expr::Ct(CtKey::OriginalProtoDst),
-    ]);
-    let data = Expr::Concat(vec![
-        Expr::Payload(Payload::Ip6Daddr),
-        Expr::Payload(Payload::Dport(rec.proto)),
-    ]);
-    Rule::new(vec![
-        Stmt::matches(
-            Expr::Meta(MetaKey::L4Proto),
-            Expr::Value(Value::Proto(rec.proto)),
-        ),
-        Stmt::Update {
-            set: rec.set.clone(),
-            key,
-            timeout: Some(rec.timeout),
-            data: Some(data),
-        },
-    ])
-}
-
-impl Socket {
-    /// Append the rule that records IPv6 session affinity to its (empty) chain of `table`, all
-    /// in one transaction.
-    pub fn add_affinity_recorders(
-        &mut self,
-        table: &Table,
-        recorders: &[AffinityRecorder],
-    ) -> io::Result<()> {
-        let mut batch = Batch::new(self);
-        for rec in recorders {
-            let rule = encode_rule(&recorder_rule(rec), table)
-                .ok_or_else(|| io::Error::other(format!("cannot encode {}", rec.chain)))?;
-            batch.add_rule(self, &table.name, &rec.chain, &rule);
-        }
-        batch.commit(self).map(drop)
-    }
 }

@@ -1,8 +1,8 @@
 //! A rule's statements as expressions, register for register as nft places them.
 
 use super::{
-    dependency, field, fields, flag_bit, nat_data, operands, size, value_bytes, Dependency, Field,
-    Load, META_L4PROTO, META_MARK, META_NFPROTO, NFPROTO_IPV4, NFPROTO_IPV6,
+    dependency, field, fields, flag_bit, nat_data, operands, size, unfixed, value_bytes,
+    Dependency, Field, Load, META_L4PROTO, META_MARK, META_NFPROTO, NFPROTO_IPV4, NFPROTO_IPV6,
 };
 use crate::netlink::elements::{proto_number, put_verdict, NFTA_DATA_VALUE};
 use crate::netlink::{attr, cstr, nested, NFTA_LIST_ELEM};
@@ -89,6 +89,7 @@ impl<'t> Encoder<'t> {
                 Some(())
             }
             Stmt::DnatMap { family, key, map } => self.dnat(*family, key, map),
+            Stmt::Dnat { family, addr, port } => self.dnat_to(*family, addr, *port),
             Stmt::Update {
                 set,
                 key,
@@ -179,7 +180,7 @@ impl<'t> Encoder<'t> {
                         return None;
                     }
                     self.load(left, 0, false)?;
-                    self.bitwise(0, bit, 0);
+                    self.bitwise(0, &bit.to_ne_bytes(), &[0; 4]);
                     self.cmp(CMP_NEQ, &0u32.to_ne_bytes());
                     return Some(());
                 }
@@ -260,6 +261,30 @@ impl<'t> Encoder<'t> {
         Some(())
     }
 
+    /// `dnat <family> to address:port`: the address in the first register, the port in the
+    /// second 128-bit one, as nft puts them.
+    fn dnat_to(&mut self, family: Family, addr: &Value, port: u16) -> Option<()> {
+        let (nfproto, addr_len) = match family {
+            Family::Ip => (NFPROTO_IPV4, 4),
+            Family::Ip6 => (NFPROTO_IPV6, 16),
+            Family::Inet => return None,
+        };
+        // Unless the rule checked both, nft would add checks of its own.
+        if self.nfproto != Some(nfproto) || self.l4proto.is_none() {
+            return None;
+        }
+        let addr = value_bytes(addr).filter(|a| a.len() == addr_len)?;
+        self.immediate(reg(0), &addr);
+        self.immediate(reg(4), &port.to_be_bytes());
+        self.expr("nat", |b| {
+            u32_attr(b, 1, NAT_DNAT); // NFTA_NAT_TYPE
+            u32_attr(b, 2, u32::from(nfproto)); // NFTA_NAT_FAMILY
+            u32_attr(b, 3, reg(0)); // NFTA_NAT_REG_ADDR_MIN
+            u32_attr(b, 5, reg(4)); // NFTA_NAT_REG_PROTO_MIN
+        });
+        Some(())
+    }
+
     /// `update @set { key [timeout T] [: data] }`: the key from the first register on, the
     /// data from the next 128-bit register after it — where nft puts it — or right after the
     /// key when that would not fit.
@@ -321,8 +346,13 @@ impl<'t> Encoder<'t> {
             Expr::Concat(parts) => {
                 let mut at = word;
                 for part in parts {
-                    let f = field(part)?;
+                    let f = field(unfixed(part))?;
                     self.field(&f, at);
+                    if let Expr::Fixed(_, value) = part {
+                        // `field & 0 ^ value`: the value, at the field's place and width.
+                        let value = value_bytes(value).filter(|v| v.len() == f.1 && !interval)?;
+                        self.bitwise(at, &vec![0; f.1], &value);
+                    }
                     if interval && f.2 {
                         if part != &Expr::Meta(MetaKey::L4Proto) {
                             return None;
@@ -348,7 +378,7 @@ impl<'t> Encoder<'t> {
                     BinOp::Or => (!value, *value),
                     BinOp::Xor => (u32::MAX, *value),
                 };
-                self.bitwise(word, mask, xor);
+                self.bitwise(word, &mask.to_ne_bytes(), &xor.to_ne_bytes());
             }
             _ => {
                 let f = field(e)?;
@@ -415,14 +445,22 @@ impl<'t> Encoder<'t> {
         });
     }
 
-    /// `reg = (reg & mask) ^ xor` on the 32-bit register at `word`.
-    fn bitwise(&mut self, word: usize, mask: u32, xor: u32) {
+    /// `reg = (reg & mask) ^ xor` on the register at `word`, as wide as `mask`.
+    fn bitwise(&mut self, word: usize, mask: &[u8], xor: &[u8]) {
         self.expr("bitwise", |b| {
             u32_attr(b, 1, reg(word)); // NFTA_BITWISE_SREG
             u32_attr(b, 2, reg(word)); // NFTA_BITWISE_DREG
-            u32_attr(b, 3, 4); // NFTA_BITWISE_LEN
-            nested(b, 4, |b| attr(b, NFTA_DATA_VALUE, &mask.to_ne_bytes())); // MASK
-            nested(b, 5, |b| attr(b, NFTA_DATA_VALUE, &xor.to_ne_bytes())); // XOR
+            u32_attr(b, 3, mask.len() as u32); // NFTA_BITWISE_LEN
+            nested(b, 4, |b| attr(b, NFTA_DATA_VALUE, mask)); // MASK
+            nested(b, 5, |b| attr(b, NFTA_DATA_VALUE, xor)); // XOR
+        });
+    }
+
+    /// `[ immediate reg DREG VALUE ]`.
+    fn immediate(&mut self, dreg: u32, value: &[u8]) {
+        self.expr("immediate", |b| {
+            u32_attr(b, 1, dreg); // NFTA_IMMEDIATE_DREG
+            nested(b, 2, |b| attr(b, NFTA_DATA_VALUE, value)); // NFTA_IMMEDIATE_DATA
         });
     }
 

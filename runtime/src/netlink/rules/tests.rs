@@ -63,20 +63,3 @@ fn what_nft_would_encode_otherwise_is_refused() {
     assert!(encode_rule(&accept.clone().with_comment("x".repeat(128)), &t).is_some());
     assert!(encode_rule(&accept.with_comment("x".repeat(129)), &t).is_none());
 }
-
-/// The IPv6 recorder's key takes ten 32-bit registers: its data follows right after it,
-/// as the next 128-bit register would leave too few for it.
-#[test]
-fn the_ipv6_recorder_keeps_its_data_within_the_registers() {
-    let rec = AffinityRecorder {
-        chain: "remember-v6-tcp-600s".into(),
-        set: "affinity-v6".into(),
-        proto: L4Proto::Tcp,
-        timeout: 600,
-    };
-    let rule = encode_rule(&recorder_rule(&rec), &table()).expect("encoded");
-    // NFTA_DYNSET_SREG_DATA = NFT_REG32_10.
-    let mut sreg_data = vec![8, 0, 5, 0];
-    sreg_data.extend_from_slice(&(8u32 + 10).to_be_bytes());
-    assert!(rule.exprs.windows(8).any(|w| w == sreg_data));
-}
