@@ -14,6 +14,7 @@ mod layout;
 pub mod manifest;
 mod model;
 mod node;
+mod pins;
 mod services;
 mod validate;
 
@@ -23,6 +24,7 @@ pub use incremental::{Delta, HealthCheck, Incremental, NoLocalEndpoints};
 pub use layout::{udp_frontends, UdpFrontend, UdpFrontends, UdpTargets};
 pub use manifest::{parse, Object, Resource};
 pub use node::{NodeFacts, NodePortAddresses, DEFAULT_TABLE};
+pub use pins::{PinnedPort, StalePins};
 
 use model::{Invalid, ServiceInfo, ServiceName, SliceInfo};
 use std::collections::BTreeMap;

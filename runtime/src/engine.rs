@@ -20,7 +20,7 @@ use crate::kernel::{self, Changes, Inventory, NftError};
 use crate::netlink::{self, encode_rule, plain};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use svc_nft_compiler::{udp_frontends, Delta, UdpTargets};
+use svc_nft_compiler::{udp_frontends, Delta, StalePins, UdpTargets};
 use svc_nft_ir::{diff, replace_script, Data, Op, SetFlag, Stmt, Table, Transaction, Value};
 
 /// How a sync reached the kernel.
@@ -95,7 +95,13 @@ impl Engine {
         let start = Instant::now();
         self.applied = None;
         match &delta.transaction {
-            Some(tx) if self.in_sync => self.commit(shape, tx, &delta.udp, start, full),
+            Some(tx) if self.in_sync => {
+                let synced = self.commit(shape, tx, &delta.udp, start, full);
+                if synced.as_ref().is_ok_and(|s| s.route != Route::Full) {
+                    self.clear_stale_pins(&shape.name, &delta.pins);
+                }
+                synced
+            }
             _ => {
                 let table = full();
                 let synced = self.replace(&table, start);
@@ -301,6 +307,24 @@ fn clear_stale_udp(stale: &UdpTargets) -> u64 {
 }
 
 impl Engine {
+    /// Delete the session-affinity entries a sync left stale, right after it: they no longer
+    /// count (the sticky chains list only endpoints in use), so failing to is only logged. A
+    /// full replace needs none of this: it carries over only entries still valid.
+    fn clear_stale_pins(&mut self, table: &str, stale: &StalePins) {
+        if stale.is_empty() {
+            return;
+        }
+        let socket = match &mut self.socket {
+            Some(socket) => Ok(socket),
+            empty => netlink::Socket::open().map(|s| empty.insert(s)),
+        };
+        match socket.and_then(|s| s.clear_stale_pins(table, stale)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("deleted {n} stale session-affinity entries"),
+            Err(e) => tracing::warn!("could not delete stale session-affinity entries: {e}"),
+        }
+    }
+
     /// What replacing the table in the kernel with `desired` will change, from netlink dumps
     /// of it; `None` (logged) when they fail.
     fn changes_from_kernel(&mut self, desired: &Table) -> Option<Changes> {

@@ -1,6 +1,7 @@
 //! Session affinity through the agent's own incremental syncs (`svc-nft run`), with real
 //! connections: one client keeps one endpoint whichever frontend of the port it uses, and
-//! loses it in the sync that removes the endpoint, makes it not ready, or drops affinity.
+//! loses it in the sync that removes the endpoint, makes it not ready, or drops affinity —
+//! whose entries that sync deletes.
 
 mod netns;
 
@@ -118,6 +119,18 @@ impl Sticky {
         *seen.first().unwrap()
     }
 
+    /// The node's affinity entries of this family, as nft lists them.
+    fn entries(&self) -> String {
+        let v = if self.f.name == "IPv6" { "v6" } else { "v4" };
+        let list = format!("list set inet svc-nft affinity-{v}");
+        self.k.lab.node.nft_list(&list)
+    }
+
+    /// Whether an entry pins a client to `endpoint`.
+    fn pinned_in_kernel(&self, endpoint: &str) -> bool {
+        self.entries().contains(&format!(". {endpoint} "))
+    }
+
     fn wait_answering(&self) {
         let vip = self.f.socket(self.f.cluster_ip, 80);
         eventually("the Service answers", || {
@@ -143,9 +156,12 @@ fn affinity_follows_the_endpoints_and_the_service(f: Family) {
     s.agent.write("sticky.yaml", &sticky(&both));
     s.wait_answering();
 
-    // Removed: the next sync moves the client to the endpoint left.
-    let kept = f.other(s.pinned());
+    // Removed: the next sync moves the client to the endpoint left, and deletes its entry.
+    let first = s.pinned();
+    let (kept, gone) = (f.other(first), first.to_string());
+    assert!(s.pinned_in_kernel(&gone), "no entry: {}", s.entries());
     s.edit("the pinned endpoint removed", &sticky(&[(kept, true)]));
+    assert!(!s.pinned_in_kernel(&gone), "stale entry: {}", s.entries());
     assert_eq!(s.backends(6), BTreeSet::from([ip(kept)]), "after removal");
 
     // Not ready: the same.
@@ -165,6 +181,12 @@ fn affinity_follows_the_endpoints_and_the_service(f: Family) {
     s.edit("both endpoints ready", &sticky(&both));
     s.pinned();
     s.edit("affinity dropped", &f.manifests(false, &both));
+    let port = format!(". {} . tcp . 80 .", f.cluster_ip);
+    assert!(
+        !s.entries().contains(&port),
+        "entries left: {}",
+        s.entries()
+    );
     assert_eq!(s.backends(40).len(), 2, "still pinned without affinity");
 }
 

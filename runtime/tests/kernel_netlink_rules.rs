@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use svc_nft::cli::{compile_paths, NodeArgs};
 use svc_nft::engine::{Engine, Route};
-use svc_nft_compiler::{parse, Delta, Incremental, NodeFacts, Object, UdpTargets};
+use svc_nft_compiler::{parse, Delta, Incremental, NodeFacts, Object, StalePins, UdpTargets};
 use svc_nft_ir::{diff, replace_script, Op, Table};
 
 /// Every golden case compiled with its flags: `(case, table)`.
@@ -98,6 +98,7 @@ fn every_compiled_chain_created_over_netlink_is_what_nft_creates() {
             transaction: Some(tx),
             recompiled: 0,
             udp: UdpTargets::default(),
+            pins: StalePins::default(),
             diagnostics: vec![],
         };
         let whole = target.clone();

@@ -9,8 +9,9 @@ use crate::endpoints;
 use crate::family::{Ipf, FAMILIES};
 use crate::layout::{self, Contribution};
 use crate::model::ServiceName;
+use crate::pins::{self, Pinnable};
 use crate::services::{self, Claim, Expanded};
-use crate::{UdpFrontends, UdpTargets};
+use crate::{StalePins, UdpFrontends, UdpTargets};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -26,6 +27,10 @@ pub(super) struct Change {
     /// endpoints: what the conntrack cleanup needs.
     udp_before: UdpFrontends,
     udp_after: UdpFrontends,
+    /// Their Service ports with affinity, before and after, with the endpoints they may pin
+    /// to: which affinity entries went stale.
+    pins_before: Pinnable,
+    pins_after: Pinnable,
 }
 
 impl Change {
@@ -78,6 +83,8 @@ impl Incremental {
             arrived: self.declarations(),
             udp_before: UdpFrontends::new(),
             udp_after: UdpFrontends::new(),
+            pins_before: Pinnable::new(),
+            pins_after: Pinnable::new(),
         };
         let picks_before = self.picks.clone();
         let (mut notes_changed, mut diagnostics) = (false, std::mem::take(&mut self.warnings));
@@ -95,6 +102,7 @@ impl Incremental {
         }
         Delta {
             udp: self.stale_udp(&change),
+            pins: StalePins::between(&change.pins_before, &change.pins_after),
             transaction: Some(diff(&change.gone, &change.arrived)),
             recompiled,
             diagnostics,
@@ -108,6 +116,7 @@ impl Incremental {
             let held = |c: &Claim| before.moved.held_before(c, self.claims.holds(c, name));
             let ports = services::expand(name, &old.info, &old.slices, &self.node, &held).ports;
             change.udp_before.extend(layout::udp_serving(&ports));
+            change.pins_before.extend(pins::pinnable(&ports));
             self.count(&Contribution::of(&ports), Sign::Remove, Some(change));
         }
         self.health.remove(name);
@@ -121,6 +130,7 @@ impl Incremental {
             change
                 .udp_after
                 .extend(layout::udp_serving(&expanded.ports));
+            change.pins_after.extend(pins::pinnable(&expanded.ports));
             self.accept(name, &new, expanded, Some(change));
         }
         notes_changed
@@ -207,6 +217,7 @@ impl Incremental {
             transaction: None,
             recompiled,
             udp: UdpTargets::default(),
+            pins: StalePins::default(),
         }
     }
 

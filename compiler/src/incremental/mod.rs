@@ -24,7 +24,7 @@ use crate::layout;
 use crate::manifest::{Object, Resource};
 use crate::model::{self, Invalid, ServiceInfo, ServiceName, SliceInfo};
 use crate::node::NodeFacts;
-use crate::{object_id, UdpTargets, SKIP_MIRROR_LABEL};
+use crate::{object_id, StalePins, UdpTargets, SKIP_MIRROR_LABEL};
 use claims::Claims;
 use flush::PickKey;
 use serde::de::DeserializeOwned;
@@ -228,6 +228,8 @@ pub struct Delta {
     /// UDP endpoints no longer used, and UDP frontends that now DNAT: what stale conntrack
     /// entries to delete.
     pub udp: UdpTargets,
+    /// Session-affinity entries no longer used: what the runtime may delete.
+    pub pins: StalePins,
     /// Warnings about the clashes that began with this flush: a frontend a Service claims
     /// is held by another, and not programmed for it.
     pub diagnostics: Vec<Diagnostic>,

@@ -9,6 +9,8 @@ use svc_nft_ir::{Data, Element, Key, L4Proto, Value, Verdict};
 
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+/// DELSETELEM without the error for an element not there (Linux 6.3).
+const NFT_MSG_DESTROYSETELEM: u16 = 30;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -44,6 +46,18 @@ impl Batch {
     ) {
         let elems = keys.map(|k| (k, None));
         self.elements(socket, NFT_MSG_DELSETELEM, 0, table, set, elems);
+    }
+
+    /// Delete elements of a set, those it no longer holds (an entry that expired) included.
+    pub(super) fn destroy_elements<'e>(
+        &mut self,
+        socket: &mut Socket,
+        table: &str,
+        set: &str,
+        keys: impl Iterator<Item = &'e Key>,
+    ) {
+        let elems = keys.map(|k| (k, None));
+        self.elements(socket, NFT_MSG_DESTROYSETELEM, 0, table, set, elems);
     }
 
     /// Element messages for one set: as many elements per message as fit in its 16-bit

@@ -122,6 +122,29 @@ impl Socket {
 
     /// Fingerprints of the elements of one set; none when the kernel has no such set.
     fn set_elements(&mut self, table: &str, set: &str) -> io::Result<HashSet<u64>> {
+        let mut prints = HashSet::new();
+        self.each_element(table, set, |elem| prints.extend(element_print(elem)))?;
+        Ok(prints)
+    }
+
+    /// The key of every element of one set, as the kernel holds it; none when there is no
+    /// such set.
+    pub(super) fn element_keys(&mut self, table: &str, set: &str) -> io::Result<Vec<Vec<u8>>> {
+        let mut keys = Vec::new();
+        self.each_element(table, set, |elem| {
+            let key = attrs(elem).into_iter().find(|a| a.0 == NFTA_SET_ELEM_KEY);
+            keys.extend(key.and_then(|(_, k, _)| value_of(k)).map(<[u8]>::to_vec));
+        })?;
+        Ok(keys)
+    }
+
+    /// Dump the elements of one set, handing each NFTA_LIST_ELEM to `each`.
+    fn each_element(
+        &mut self,
+        table: &str,
+        set: &str,
+        mut each: impl FnMut(&[u8]),
+    ) -> io::Result<()> {
         let seq = self.next_seq();
         let mut msg = Vec::new();
         let kind = (super::NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM;
@@ -131,18 +154,17 @@ impl Socket {
         super::attr(&mut msg, NFTA_SET_ELEM_LIST_SET, &cstr(set));
         super::finish(&mut msg, 0);
         self.send(&msg)?;
-        let mut prints = HashSet::new();
         let dumped = self.dump(seq, |payload| {
             for (kind, list, _) in attrs(payload) {
                 if kind == NFTA_SET_ELEM_LIST_ELEMENTS {
                     let elems = attrs(list).into_iter().filter(|a| a.0 == NFTA_LIST_ELEM);
-                    prints.extend(elems.filter_map(|(_, elem, _)| element_print(elem)));
+                    elems.for_each(|(_, elem, _)| each(elem));
                 }
             }
         });
         match dumped {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(HashSet::new()),
-            other => other.map(|()| prints),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
         }
     }
 }

@@ -8,13 +8,15 @@
 //! Only what the engine needs is encoded: NEWSETELEM / DELSETELEM of plain (non-interval)
 //! sets and maps, with value or verdict data and comments (module `elements`); NEWCHAIN /
 //! DELCHAIN of regular chains; NEWRULE with the expressions of the rules svc-nft's chains hold
-//! (module `rules`, the IPv6 affinity recorder included); DELRULE by handle or of a whole
-//! chain (a flush); GETTABLE and a GETRULE dump to find a table and its rules. Everything else
+//! (module `rules`); DELRULE by handle or of a whole chain (a flush); GETTABLE and a GETRULE
+//! dump to find a table and its rules; a GETSETELEM dump and DESTROYSETELEM to delete stale
+//! session-affinity entries (module `pins`). Everything else
 //! (sets created or deleted, base chains, interval sets) goes through `nft -f -`. Pure Rust
 //! over libc: no libnftnl (GPL) linked.
 
 mod elements;
 mod inventory;
+mod pins;
 mod rules;
 
 pub use elements::plain;
