@@ -51,6 +51,8 @@ impl Agent {
         };
         runtime.block_on(self.serve(&observers))?;
         let (tx, updates) = mpsc::channel();
+        let (table, repairs) = (self.node.table.clone(), tx.clone());
+        std::thread::spawn(move || crate::foreign::watch(table, repairs));
         let lists: &'static [&'static str] = match &self.input {
             Input::Manifests(dir) => {
                 // A typo must not run a node with no Services: refuse to start (a DaemonSet

@@ -172,6 +172,12 @@ impl Engine {
         Ok(inventory(&before).changes(&inventory(&after)))
     }
 
+    /// Replace the table whole with `desired`, now (see [`Engine::sync`] for how).
+    pub fn replace_now(&mut self, desired: &Table) -> Result<Synced, NftError> {
+        self.applied = None;
+        self.replace(desired, Instant::now())
+    }
+
     fn replace(&mut self, desired: &Table, start: Instant) -> Result<Synced, NftError> {
         self.in_sync = false;
         // A table not in the kernel yet is loaded cold (see `crate::cold`): nft only for its

@@ -58,6 +58,7 @@ fn run(args: &[&str], stdin: &str) -> Result<String, NftError> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| failed(format!("cannot run nft: {e}")))?;
+    crate::foreign::spawned(child.id());
     let mut input = child.stdin.take().expect("piped");
     // nft reads the whole script before it answers; a write error shows up as its exit status.
     let _ = input.write_all(stdin.as_bytes());

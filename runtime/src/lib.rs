@@ -12,6 +12,7 @@ mod conntrack;
 pub mod engine;
 mod explain;
 pub mod feature_gates;
+mod foreign;
 pub mod health;
 pub mod input;
 pub mod kernel;

@@ -26,6 +26,8 @@ pub enum Update {
     },
     /// The node's facts changed (its Node object, in a cluster).
     Node(Box<NodeFacts>),
+    /// Someone else changed the table (see `crate::foreign`): what, and by whom.
+    Repair(String),
     /// A source's first complete list arrived. Until every source's has, the node keeps the
     /// rules it has: syncing half a cluster would REJECT the other half.
     Listed(&'static str),
@@ -283,6 +285,27 @@ impl Syncer {
         self.last_full = Instant::now();
     }
 
+    /// Put back what someone else changed in the table, at once: a full replace (a cold load
+    /// when the table is gone).
+    pub fn repair_now(&mut self, why: &str) {
+        let start = Instant::now();
+        match self.engine.replace_now(&self.state.table()) {
+            Ok(s) => {
+                let took = milliseconds(start.elapsed());
+                tracing::warn!(
+                    "repaired a change by another process: {why} (took_ms={took}, {})",
+                    s.changes
+                );
+            }
+            Err(e) => {
+                self.observers.metrics.sync_failed();
+                tracing::error!("repair of a change by another process ({why}) failed: {e}")
+            }
+        }
+        give_back_memory();
+        self.last_full = Instant::now();
+    }
+
     fn serve_health_checks(&self) {
         let desired = self.state.health_checks().into_iter().map(|h| {
             let entry = ServiceHealthEntry {
@@ -327,8 +350,13 @@ pub fn run_loop(mut syncer: Syncer, source: Source, min_sync_period: Duration) {
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        let mut repair: Option<String> = None;
         for update in first.into_iter().chain(source.updates.try_iter()) {
             match update {
+                Update::Repair(why) => match &mut repair {
+                    Some(all) => *all += &format!("; {why}"),
+                    none => *none = Some(why),
+                },
                 Update::Upsert { object, trigger } => syncer.upsert(&object, trigger),
                 Update::Remove {
                     kind,
@@ -351,6 +379,10 @@ pub fn run_loop(mut syncer: Syncer, source: Source, min_sync_period: Duration) {
             syncer.sync();
             last_sync = Some(Instant::now());
         }
-        syncer.repair_if_due();
+        match repair {
+            // Before the first sync there is nothing of ours to repair: it loads the table.
+            Some(why) if last_sync.is_some() => syncer.repair_now(&why),
+            _ => syncer.repair_if_due(),
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! timeouts: session affinity), and interval sets (few elements, in nft's range encoding).
 
 use super::elements::{fingerprint, fingerprint_parts, RawData, NFTA_DATA_VALUE};
-use super::{attrs, cstr, Socket, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_LIST_ELEM};
+use super::{attrs, cstr, cstr_text, Socket, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_LIST_ELEM};
 use super::{NFTA_RULE_CHAIN, NFTA_RULE_TABLE, NFT_MSG_GETRULE, NLM_F_DUMP};
 use crate::kernel::Changes;
 use std::collections::{BTreeMap, HashSet};
@@ -103,14 +103,14 @@ impl Socket {
         self.dump(seq, |payload| {
             let name = attrs(payload).into_iter().find(|a| a.0 == NFTA_CHAIN_NAME);
             if let Some((_, name, _)) = name {
-                inventory.rules.insert(text(name), 0);
+                inventory.rules.insert(cstr_text(name), 0);
             }
         })?;
         let seq = self.request(NFT_MSG_GETRULE, NLM_F_DUMP, NFTA_RULE_TABLE, table)?;
         self.dump(seq, |payload| {
             let chain = attrs(payload).into_iter().find(|a| a.0 == NFTA_RULE_CHAIN);
             if let Some((_, chain, _)) = chain {
-                *inventory.rules.entry(text(chain)).or_default() += 1;
+                *inventory.rules.entry(cstr_text(chain)).or_default() += 1;
             }
         })?;
         for set in compared(desired) {
@@ -202,15 +202,9 @@ fn data_of(nested: &[u8]) -> RawData<'_> {
             NFTA_VERDICT_CODE => {
                 code = value.try_into().map(i32::from_be_bytes).unwrap_or_default()
             }
-            NFTA_VERDICT_CHAIN => chain = Some(text(value)),
+            NFTA_VERDICT_CHAIN => chain = Some(cstr_text(value)),
             _ => {}
         }
     }
     RawData::Verdict(code, chain)
-}
-
-/// A NUL-terminated name.
-fn text(value: &[u8]) -> String {
-    let name = value.split(|b| *b == 0).next().unwrap_or_default();
-    String::from_utf8_lossy(name).into_owned()
 }

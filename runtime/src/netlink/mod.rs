@@ -16,6 +16,7 @@
 
 mod elements;
 mod inventory;
+pub mod monitor;
 mod pins;
 mod rules;
 
@@ -88,6 +89,12 @@ impl Drop for Socket {
         // SAFETY: closing the descriptor this struct owns.
         unsafe { libc::close(self.fd) };
     }
+}
+
+/// A NUL-terminated name.
+fn cstr_text(value: &[u8]) -> String {
+    let name = value.split(|b| *b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(name).into_owned()
 }
 
 fn last_error(what: &str) -> io::Error {
