@@ -213,7 +213,7 @@ impl Engine {
                     tracing::warn!(error = %e, "cold load refused; loading the table through nft");
                 }
                 let script = replace_script(desired);
-                let carried = carried_affinity(desired);
+                let carried = carried_affinity(self.socket.as_mut(), desired);
                 // In the same transaction: clients keep their endpoints across the replace.
                 let with_carried = script.clone() + &carried;
                 if !carried.is_empty() && kernel::apply(&with_carried).is_ok() {
@@ -237,49 +237,53 @@ impl Engine {
     }
 }
 
-/// The session-affinity entries of the table now in the kernel, as commands that put them
-/// back after a full replace — only those whose frontend still has their endpoint. Empty
-/// when `desired` records no affinity (no `update` statement).
-fn carried_affinity(desired: &Table) -> String {
-    let stmts = desired
-        .chains
-        .values()
-        .flat_map(|c| &c.rules)
-        .flat_map(|r| &r.stmts);
-    if !stmts.into_iter().any(|s| matches!(s, Stmt::Update { .. })) {
+/// The session-affinity entries of the table now in the kernel (a netlink dump), as commands
+/// that put them back after a full replace — only those whose cluster IP still has their
+/// endpoint. Empty when `desired` records no affinity (no `update` statement), or without a
+/// socket.
+fn carried_affinity(socket: Option<&mut netlink::Socket>, desired: &Table) -> String {
+    let stmts = desired.chains.values().flat_map(|c| &c.rules);
+    let records = stmts
+        .flat_map(|r| &r.stmts)
+        .any(|s| matches!(s, Stmt::Update { .. }));
+    let Some(socket) = socket.filter(|_| records) else {
         return String::new();
-    }
-    // (frontend address . port, endpoint address) of every endpoint map element, whose key
-    // is `frontend address . port . slot`.
-    let text = |values: &[Value]| {
-        let parts: Vec<String> = values.iter().map(ToString::to_string).collect();
-        parts.join(" . ")
     };
-    let live: BTreeSet<(String, String)> = desired
+    // (frontend address, port, endpoint address) of every endpoint map element, whose key is
+    // `frontend address . port . slot`.
+    let live: BTreeSet<(&Value, &Value, &Value)> = desired
         .sets
         .values()
         .flat_map(|s| &s.elements)
         .filter_map(|(key, e)| match (key.as_slice(), &e.data) {
-            ([addr, port, Value::Int(_)], Some(Data::Values(to))) => {
-                Some((text(&[addr.clone(), port.clone()]), text(&to[..1])))
-            }
+            ([addr, port, Value::Int(_)], Some(Data::Values(to))) => Some((addr, port, &to[0])),
             _ => None,
         })
         .collect();
-    // An entry is `client . cluster IP . proto . port . endpoint address`: keep it only
-    // while the cluster IP still has that endpoint.
-    let keep = |parts: &[String]| match parts {
-        [_, addr, _, port, to] => live.contains(&(format!("{addr} . {port}"), to.clone())),
-        _ => false,
-    };
-    let timed = desired
-        .sets
-        .iter()
-        .filter(|(_, s)| s.flags.contains(&SetFlag::Timeout));
-    timed
-        .filter_map(|(name, _)| kernel::list_set(&desired.name, name))
-        .map(|listing| kernel::carried_elements(&listing, keep))
-        .collect()
+    let mut script = String::new();
+    for (set, v6) in [("affinity-v4", false), ("affinity-v6", true)] {
+        let pins = socket.pins(&desired.name, v6).unwrap_or_default();
+        let kept = pins.iter().filter(|p| match &p.key[..] {
+            [_, addr, _, port, to] => live.contains(&(addr, port, to)),
+            _ => false,
+        });
+        let elements: Vec<String> = kept
+            .map(|p| {
+                let key: Vec<String> = p.key.iter().map(ToString::to_string).collect();
+                let (timeout, expires) = (p.timeout_ms, p.expires_ms);
+                format!(
+                    "{} timeout {timeout}ms expires {expires}ms",
+                    key.join(" . ")
+                )
+            })
+            .collect();
+        if !elements.is_empty() {
+            let table = &desired.name;
+            let elements = elements.join(", ");
+            script += &format!("add element inet {table} {set} {{ {elements} }}\n");
+        }
+    }
+    script
 }
 
 /// Free a whole table off the sync path (at 100k Services that takes a few hundred ms), and

@@ -43,13 +43,6 @@ pub fn list_table(name: &str) -> Result<Option<Value>, NftError> {
     serde_json::from_str(&listing).map(Some).map_err(failed)
 }
 
-/// `nft -j list set inet TABLE SET` as JSON, or `None` when it cannot be listed (no such
-/// table or set yet).
-pub fn list_set(table: &str, set: &str) -> Option<Value> {
-    let listing = run(&["-j", "list", "set", "inet", table, set], "").ok()?;
-    serde_json::from_str(&listing).ok()
-}
-
 fn run(args: &[&str], stdin: &str) -> Result<String, NftError> {
     let mut child = Command::new("nft")
         .args(args)
@@ -79,55 +72,6 @@ fn items(listing: &Value) -> impl Iterator<Item = &Value> {
 fn filled_by_rules(set: &Value) -> bool {
     let flags = set["flags"].as_array().into_iter().flatten();
     flags.into_iter().any(|f| f == "dynamic" || f == "timeout")
-}
-
-/// The elements rules added to the table's sets, as `add element` commands that put them
-/// back with the lifetime they have left — so that a table replaced at start-up keeps its
-/// clients' session affinity. Only entries whose key parts `keep` accepts are carried over.
-pub fn carried_elements(listing: &Value, keep: impl Fn(&[String]) -> bool) -> String {
-    let mut script = String::new();
-    for item in items(listing) {
-        let Some(set) = item.get("set").filter(|s| filled_by_rules(s)) else {
-            continue;
-        };
-        let table = set["table"].as_str().unwrap_or_default();
-        let name = set["name"].as_str().unwrap_or_default();
-        let elems: Vec<String> = set["elem"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|elem| {
-                let key = &elem["elem"];
-                let parts: Vec<String> = match &key["val"]["concat"] {
-                    Value::Array(parts) => parts.iter().map(nft_text).collect(),
-                    other => vec![nft_text(other)],
-                };
-                let expires = key["expires"].as_u64().filter(|_| keep(&parts))?;
-                let timeout = key["timeout"].as_u64()?;
-                let key = nft_text(&key["val"]);
-                Some(format!("{key} timeout {timeout}s expires {expires}s"))
-            })
-            .collect();
-        if !elems.is_empty() {
-            script += &format!(
-                "add element inet {table} {name} {{ {} }}\n",
-                elems.join(", ")
-            );
-        }
-    }
-    script
-}
-
-/// A JSON value of a listing back in nft's syntax: `10.0.0.1 . 80`.
-fn nft_text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Object(o) if o.contains_key("concat") => {
-            let parts = o["concat"].as_array().into_iter().flatten();
-            parts.map(nft_text).collect::<Vec<_>>().join(" . ")
-        }
-        other => other.to_string(),
-    }
 }
 
 /// What a table holds, as the kernel lists it: chains, rules and set elements, each in a

@@ -21,6 +21,8 @@ const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
@@ -127,15 +129,28 @@ impl Socket {
         Ok(prints)
     }
 
-    /// The key of every element of one set, as the kernel holds it; none when there is no
-    /// such set.
-    pub(super) fn element_keys(&mut self, table: &str, set: &str) -> io::Result<Vec<Vec<u8>>> {
-        let mut keys = Vec::new();
+    /// The key of every element of one set as the kernel holds it, with its timeout and the
+    /// time it has left (ms; 0 without); none when there is no such set.
+    pub(super) fn timed_elements(
+        &mut self,
+        table: &str,
+        set: &str,
+    ) -> io::Result<Vec<(Vec<u8>, u64, u64)>> {
+        let mut out = Vec::new();
         self.each_element(table, set, |elem| {
-            let key = attrs(elem).into_iter().find(|a| a.0 == NFTA_SET_ELEM_KEY);
-            keys.extend(key.and_then(|(_, k, _)| value_of(k)).map(<[u8]>::to_vec));
+            let (mut key, mut timeout, mut expires) = (None, 0, 0);
+            let ms = |v: &[u8]| v.try_into().map(u64::from_be_bytes).unwrap_or_default();
+            for (kind, value, _) in attrs(elem) {
+                match kind {
+                    NFTA_SET_ELEM_KEY => key = value_of(value).map(<[u8]>::to_vec),
+                    NFTA_SET_ELEM_TIMEOUT => timeout = ms(value),
+                    NFTA_SET_ELEM_EXPIRATION => expires = ms(value),
+                    _ => {}
+                }
+            }
+            out.extend(key.map(|k| (k, timeout, expires)));
         })?;
-        Ok(keys)
+        Ok(out)
     }
 
     /// Dump the elements of one set, handing each NFTA_LIST_ELEM to `each`.

@@ -1,7 +1,8 @@
-//! Deleting the session-affinity entries a change left stale (see
-//! `svc_nft_compiler::StalePins`): a dump of each family's affinity set, decoded far enough to
-//! name the Service port and the endpoint, and one batch of DESTROYSETELEM — an entry that
-//! expired between the dump and the batch is no error.
+//! The session-affinity entries in the kernel, read from a dump of each family's affinity set
+//! and decoded far enough to name the Service port and the endpoint: to delete those a change
+//! left stale (see `svc_nft_compiler::StalePins`), in one batch of DESTROYSETELEM — an entry
+//! that expired between the dump and the batch is no error — and to carry the others over a
+//! full replace.
 
 use super::{Batch, Socket};
 use std::io;
@@ -50,18 +51,52 @@ fn decode(key: &[u8], v6: bool) -> Option<(PinnedPort, IpAddr, Key)> {
     Some((pinned, endpoint, ir))
 }
 
+/// The affinity set of each family.
+const SETS: [(&str, bool); 2] = [("affinity-v4", false), ("affinity-v6", true)];
+
+/// One affinity entry in the kernel.
+pub struct Pin {
+    pub port: PinnedPort,
+    pub endpoint: IpAddr,
+    /// The whole key, client first.
+    pub key: Key,
+    /// Its timeout, and how much of it is left (ms).
+    pub timeout_ms: u64,
+    pub expires_ms: u64,
+}
+
 impl Socket {
+    /// The entries of `table`'s affinity set of family `v6`.
+    pub fn pins(&mut self, table: &str, v6: bool) -> io::Result<Vec<Pin>> {
+        let set = SETS[usize::from(v6)].0;
+        let entries = self.timed_elements(table, set)?;
+        let pins = entries
+            .into_iter()
+            .filter_map(|(key, timeout_ms, expires_ms)| {
+                let (port, endpoint, key) = decode(&key, v6)?;
+                Some(Pin {
+                    port,
+                    endpoint,
+                    key,
+                    timeout_ms,
+                    expires_ms,
+                })
+            });
+        Ok(pins.collect())
+    }
+
     /// Delete the entries of `table`'s affinity sets that `stale` names; how many.
     pub fn clear_stale_pins(&mut self, table: &str, stale: &StalePins) -> io::Result<usize> {
         let mut doomed = Vec::new();
-        for (set, v6) in [("affinity-v4", false), ("affinity-v6", true)] {
+        for (set, v6) in SETS {
             if !stale.ports.keys().any(|p| p.cluster_ip.is_ipv6() == v6) {
                 continue;
             }
-            let keys = self.element_keys(table, set)?;
-            let entries = keys.iter().filter_map(|k| decode(k, v6));
-            let gone = entries.filter(|(port, endpoint, _)| stale.is_stale(port, endpoint));
-            let gone: Vec<Key> = gone.map(|(_, _, key)| key).collect();
+            let pins = self.pins(table, v6)?;
+            let gone = pins
+                .into_iter()
+                .filter(|p| stale.is_stale(&p.port, &p.endpoint));
+            let gone: Vec<Key> = gone.map(|p| p.key).collect();
             if !gone.is_empty() {
                 doomed.push((set, gone));
             }
