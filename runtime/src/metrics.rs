@@ -57,6 +57,7 @@ struct Values {
     service_changes: u64,
     conntrack_deleted: u64,
     rejected_objects: u64,
+    foreign_repairs: u64,
     rejected_now: f64,
     /// Local-policy Service ports without a local endpoint: internal, external.
     no_local_endpoints: [f64; 2],
@@ -96,6 +97,7 @@ impl Metrics {
                 service_changes: 0,
                 conntrack_deleted: 0,
                 rejected_objects: 0,
+                foreign_repairs: 0,
                 rejected_now: 0.0,
                 no_local_endpoints: [0.0; 2],
                 changes_pending: [0.0; 2],
@@ -126,6 +128,12 @@ impl Metrics {
     /// A sync that failed (`svcnft_sync_failures_total`).
     pub fn sync_failed(&self) {
         self.lock().sync_failures += 1;
+    }
+
+    /// A repair of what another process changed in the table
+    /// (`svcnft_foreign_changes_repaired_total`).
+    pub fn foreign_repair(&self) {
+        self.lock().foreign_repairs += 1;
     }
 
     /// One network-programming latency: from an object's last change (the EndpointSlice's
@@ -321,6 +329,12 @@ impl Metrics {
             "Cumulative API objects rejected as invalid",
             v.rejected_objects as f64,
         );
+        counter(
+            &mut out,
+            "svcnft_foreign_changes_repaired_total",
+            "Cumulative repairs of changes another process made to the table",
+            v.foreign_repairs as f64,
+        );
         // A scrape without them beats no scrape: /proc may be hidden (a sandbox).
         match process::Process::read() {
             Ok(p) => p.render(&mut out),
@@ -459,6 +473,16 @@ mod tests {
     }
 
     #[test]
+    fn foreign_repairs_are_counted() {
+        let m = Metrics::new();
+        m.foreign_repair();
+        assert_eq!(
+            family(&m.render(), "svcnft_foreign_changes_repaired_total")[2],
+            "svcnft_foreign_changes_repaired_total 1"
+        );
+    }
+
+    #[test]
     fn counters_and_gauges() {
         let m = Metrics::new();
         let text = m.render();
@@ -570,7 +594,7 @@ mod tests {
             .collect();
         assert_eq!(helps, types);
         // Ours and kube-proxy's, and the six process metrics.
-        assert_eq!(helps.len(), 19 + 6);
+        assert_eq!(helps.len(), 20 + 6);
         let mut unique = helps.clone();
         unique.sort();
         unique.dedup();

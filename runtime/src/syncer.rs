@@ -289,6 +289,7 @@ impl Syncer {
     /// when the table is gone).
     pub fn repair_now(&mut self, why: &str) {
         let start = Instant::now();
+        self.observers.metrics.foreign_repair();
         match self.engine.replace_now(&self.state.table()) {
             Ok(s) => {
                 let took = milliseconds(start.elapsed());
