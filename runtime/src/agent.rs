@@ -133,7 +133,11 @@ impl Agent {
         };
         if let Some(addr) = self.healthz {
             let listener = bind(addr).await?;
-            tokio::spawn(serve_health(listener, observers.health.clone()));
+            tokio::spawn(serve_health(
+                listener,
+                observers.health.clone(),
+                observers.metrics.clone(),
+            ));
         }
         if let Some(addr) = self.metrics {
             let listener = bind(addr).await?;

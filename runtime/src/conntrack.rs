@@ -39,15 +39,26 @@ struct Tuple {
     dport: u16,
 }
 
+/// One family's pass of the cleanup: entries deleted, and how long the pass took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    pub deleted: usize,
+    pub took: std::time::Duration,
+}
+
 /// Delete the UDP entries to the `stale` frontends whose reply comes from none of the
-/// addresses given for the frontend; returns how many were deleted.
-pub fn clear_udp(stale: &UdpFrontends) -> io::Result<usize> {
+/// addresses given for the frontend; what each family's pass (IPv4, IPv6) did.
+pub fn clear_udp(stale: &UdpFrontends) -> io::Result<[Reconciled; 2]> {
+    let mut out = [Reconciled::default(); 2];
     if stale.is_empty() {
-        return Ok(0);
+        return Ok(out);
     }
     let mut socket = Socket::open()?;
-    let mut deleted = 0;
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+    for (family, pass) in [libc::AF_INET as u8, libc::AF_INET6 as u8]
+        .into_iter()
+        .zip(&mut out)
+    {
+        let start = std::time::Instant::now();
         let stale: Vec<Vec<u8>> = dump(&mut socket, family)?
             .into_iter()
             .filter(|(orig, reply, _)| orig.proto == UDP && is_stale(stale, orig, reply))
@@ -56,13 +67,14 @@ pub fn clear_udp(stale: &UdpFrontends) -> io::Result<usize> {
         for raw in stale {
             // An entry may expire between the dump and the delete: that is fine.
             match delete(&mut socket, family, &raw) {
-                Ok(()) => deleted += 1,
+                Ok(()) => pass.deleted += 1,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => return Err(e),
             }
         }
+        pass.took = start.elapsed();
     }
-    Ok(deleted)
+    Ok(out)
 }
 
 /// Whether an entry goes to a stale frontend and its reply comes from another address than

@@ -43,8 +43,9 @@ pub struct Synced {
     /// Bytes sent: the nft script or the netlink batch.
     pub bytes: usize,
     pub took: Duration,
-    /// Stale UDP conntrack entries deleted after it.
-    pub conntrack_deleted: u64,
+    /// The cleanup of stale UDP conntrack entries after it, per family (IPv4, IPv6), when
+    /// one ran.
+    pub conntrack: Option<[conntrack::Reconciled; 2]>,
 }
 
 #[derive(Default)]
@@ -145,7 +146,7 @@ impl Engine {
                 changes,
                 bytes,
                 took: start.elapsed(),
-                conntrack_deleted: clear_stale_udp(stale),
+                conntrack: clear_stale_udp(stale),
             }),
             Err(e) => {
                 // Nothing changed in the kernel (all or nothing); start over from a full
@@ -232,7 +233,7 @@ impl Engine {
             changes,
             bytes,
             took: start.elapsed(),
-            conntrack_deleted: 0,
+            conntrack: None,
         })
     }
 }
@@ -297,21 +298,23 @@ fn drop_later(table: Table) {
 }
 
 /// Delete the conntrack entries a change of UDP endpoints leaves stale (see
-/// [`crate::conntrack`]); returns how many. Failing to is logged, not fatal: the rules are
-/// already right.
-fn clear_stale_udp(stale: &UdpTargets) -> u64 {
+/// [`crate::conntrack`]); what each family's pass did, `None` when none ran. Failing to is
+/// logged, not fatal: the rules are already right.
+fn clear_stale_udp(stale: &UdpTargets) -> Option<[conntrack::Reconciled; 2]> {
     if stale.is_empty() {
-        return 0;
+        return None;
     }
     match conntrack::clear_udp(&stale.frontends) {
-        Ok(0) => 0,
-        Ok(n) => {
-            tracing::info!("deleted {n} stale UDP conntrack entries");
-            n as u64
+        Ok(passes) => {
+            let n: usize = passes.iter().map(|p| p.deleted).sum();
+            if n > 0 {
+                tracing::info!("deleted {n} stale UDP conntrack entries");
+            }
+            Some(passes)
         }
         Err(e) => {
             tracing::warn!("could not delete stale UDP conntrack entries: {e}");
-            0
+            None
         }
     }
 }

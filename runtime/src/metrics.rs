@@ -13,7 +13,8 @@
 mod exposition;
 mod process;
 
-use exposition::{counter, gauge, gauges, histogram, Histogram};
+use exposition::{counter, counters, gauge, gauges, histogram, histograms, Histogram};
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 /// Buckets of kube-proxy's sync-duration histograms: `ExponentialBuckets(0.001, 2, 15)`,
@@ -58,11 +59,23 @@ struct Values {
     conntrack_deleted: u64,
     rejected_objects: u64,
     foreign_repairs: u64,
+    /// Per family (IPv4, IPv6): passes of the UDP conntrack cleanup, and entries it deleted.
+    conntrack_passes: [Histogram; 2],
+    conntrack_deleted_by_family: [u64; 2],
+    /// Health answers served, by endpoint (`healthz`, `livez`) and HTTP status.
+    health_answers: BTreeMap<(HealthPath, u16), u64>,
     rejected_now: f64,
     /// Local-policy Service ports without a local endpoint: internal, external.
     no_local_endpoints: [f64; 2],
     /// Objects changed and not yet synced: Services, endpoints.
     changes_pending: [f64; 2],
+}
+
+/// The two health endpoints whose answers are counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HealthPath {
+    Healthz,
+    Livez,
 }
 
 /// The agent's metrics registry. Share it as `Arc<Metrics>`; every method takes `&self`.
@@ -98,6 +111,9 @@ impl Metrics {
                 conntrack_deleted: 0,
                 rejected_objects: 0,
                 foreign_repairs: 0,
+                conntrack_passes: [0; 2].map(|_| Histogram::new(sync_duration_buckets())),
+                conntrack_deleted_by_family: [0; 2],
+                health_answers: BTreeMap::new(),
                 rejected_now: 0.0,
                 no_local_endpoints: [0.0; 2],
                 changes_pending: [0.0; 2],
@@ -128,6 +144,12 @@ impl Metrics {
     /// A sync that failed (`svcnft_sync_failures_total`).
     pub fn sync_failed(&self) {
         self.lock().sync_failures += 1;
+    }
+
+    /// One `/healthz` or `/livez` answer (`kubeproxy_proxy_healthz_total{code}`,
+    /// `kubeproxy_proxy_livez_total{code}`).
+    pub fn health_answered(&self, path: HealthPath, code: u16) {
+        *self.lock().health_answers.entry((path, code)).or_default() += 1;
     }
 
     /// A repair of what another process changed in the table
@@ -174,9 +196,16 @@ impl Metrics {
         self.lock().last_queued_timestamp = at_unix;
     }
 
-    /// `n` more conntrack entries deleted (`svcnft_conntrack_entries_deleted_total`).
-    pub fn conntrack_deleted(&self, n: u64) {
-        self.lock().conntrack_deleted += n;
+    /// One family's pass of the UDP conntrack cleanup: how long it took and how many entries
+    /// it deleted (`kubeproxy_conntrack_reconciler_sync_duration_seconds{ip_family}`,
+    /// `kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family}`, and their sum over
+    /// the families, `svcnft_conntrack_entries_deleted_total`). kube-proxy runs a pass per
+    /// family at every sync; svc-nft only after a sync that changed UDP endpoints.
+    pub fn conntrack_pass(&self, v6: bool, seconds: f64, deleted: u64) {
+        let mut v = self.lock();
+        v.conntrack_passes[usize::from(v6)].observe(seconds);
+        v.conntrack_deleted_by_family[usize::from(v6)] += deleted;
+        v.conntrack_deleted += deleted;
     }
 
     /// One more API object rejected as invalid (`svcnft_rejected_objects_total`).
@@ -317,6 +346,29 @@ impl Metrics {
             "Cumulative proxy rules Service changes",
             v.service_changes as f64,
         );
+        let families = [[("ip_family", "IPv4")], [("ip_family", "IPv6")]];
+        let passes: Vec<_> = families
+            .iter()
+            .zip(&v.conntrack_passes)
+            .map(|(l, h)| (&l[..], h))
+            .collect();
+        histograms(
+            &mut out,
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+            "ReconcileConntrackFlowsLatency latency in seconds",
+            &passes,
+        );
+        let deleted: Vec<_> = families
+            .iter()
+            .zip(v.conntrack_deleted_by_family)
+            .map(|(l, n)| (&l[..], n as f64))
+            .collect();
+        counters(
+            &mut out,
+            "kubeproxy_conntrack_reconciler_deleted_entries_total",
+            "Cumulative conntrack flows deleted by conntrack reconciler",
+            &deleted,
+        );
         counter(
             &mut out,
             "svcnft_conntrack_entries_deleted_total",
@@ -329,6 +381,33 @@ impl Metrics {
             "Cumulative API objects rejected as invalid",
             v.rejected_objects as f64,
         );
+        for (path, name, help) in [
+            (
+                HealthPath::Healthz,
+                "kubeproxy_proxy_healthz_total",
+                "Cumulative proxy healthz HTTP status",
+            ),
+            (
+                HealthPath::Livez,
+                "kubeproxy_proxy_livez_total",
+                "Cumulative proxy livez HTTP status",
+            ),
+        ] {
+            let codes: Vec<(String, f64)> = v
+                .health_answers
+                .iter()
+                .filter(|((p, _), _)| *p == path)
+                .map(|((_, code), n)| (code.to_string(), *n as f64))
+                .collect();
+            let labels: Vec<[(&str, &str); 1]> =
+                codes.iter().map(|(c, _)| [("code", c.as_str())]).collect();
+            let samples: Vec<_> = labels
+                .iter()
+                .zip(&codes)
+                .map(|(l, (_, n))| (&l[..], *n))
+                .collect();
+            counters(&mut out, name, help, &samples);
+        }
         counter(
             &mut out,
             "svcnft_foreign_changes_repaired_total",
@@ -473,6 +552,27 @@ mod tests {
     }
 
     #[test]
+    fn health_answers_are_counted_by_code() {
+        let m = Metrics::new();
+        m.health_answered(HealthPath::Healthz, 200);
+        m.health_answered(HealthPath::Healthz, 503);
+        m.health_answered(HealthPath::Healthz, 200);
+        m.health_answered(HealthPath::Livez, 200);
+        let text = m.render();
+        assert_eq!(
+            family(&text, "kubeproxy_proxy_healthz_total")[2..],
+            [
+                "kubeproxy_proxy_healthz_total{code=\"200\"} 2",
+                "kubeproxy_proxy_healthz_total{code=\"503\"} 1",
+            ]
+        );
+        assert_eq!(
+            family(&text, "kubeproxy_proxy_livez_total")[2..],
+            ["kubeproxy_proxy_livez_total{code=\"200\"} 1"]
+        );
+    }
+
+    #[test]
     fn foreign_repairs_are_counted() {
         let m = Metrics::new();
         m.foreign_repair();
@@ -500,7 +600,8 @@ mod tests {
         m.service_changes(3);
         m.service_changes(2);
         m.endpoint_changes(7);
-        m.conntrack_deleted(4);
+        m.conntrack_pass(false, 0.002, 3);
+        m.conntrack_pass(true, 0.004, 1);
         m.rejected_object();
         m.rejected_now(2);
         m.table_size(120, 30, 250);
@@ -552,6 +653,16 @@ mod tests {
             sample("svcnft_conntrack_entries_deleted_total"),
             "svcnft_conntrack_entries_deleted_total 4"
         );
+        let lines: Vec<&str> = text.lines().collect();
+        for per_family in [
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"} 3",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv6\"} 1",
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.002\"} 1",
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_bucket{ip_family=\"IPv6\",le=\"0.002\"} 0",
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_count{ip_family=\"IPv6\"} 1",
+        ] {
+            assert!(lines.contains(&per_family), "{per_family}");
+        }
         assert_eq!(
             sample("svcnft_rejected_objects_total"),
             "svcnft_rejected_objects_total 1"
@@ -594,7 +705,7 @@ mod tests {
             .collect();
         assert_eq!(helps, types);
         // Ours and kube-proxy's, and the six process metrics.
-        assert_eq!(helps.len(), 20 + 6);
+        assert_eq!(helps.len(), 24 + 6);
         let mut unique = helps.clone();
         unique.sort();
         unique.dedup();

@@ -232,7 +232,9 @@ impl Syncer {
                 }
                 let now = SystemTime::now();
                 metrics.sync_done(partial, s.took.as_secs_f64(), unix(now));
-                metrics.conntrack_deleted(s.conntrack_deleted);
+                for (v6, pass) in [false, true].into_iter().zip(s.conntrack.iter().flatten()) {
+                    metrics.conntrack_pass(v6, pass.took.as_secs_f64(), pass.deleted as u64);
+                }
                 metrics.service_changes(std::mem::take(&mut self.services_changed));
                 metrics.endpoint_changes(std::mem::take(&mut self.endpoints_changed));
                 self.pending_services.clear();

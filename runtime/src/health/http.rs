@@ -3,7 +3,7 @@
 //! more of HTTP, and it spares a web framework dependency.
 
 use super::{ProxyHealth, Timestamp};
-use crate::metrics::Metrics;
+use crate::metrics::{HealthPath, Metrics};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -219,19 +219,21 @@ where
     }
 }
 
-fn health_route(health: &ProxyHealth, path: &str, now: Timestamp) -> Response {
-    let (status, body) = match path {
-        "/healthz" => health.status(now),
-        "/livez" => health.livez_status(now),
+fn health_route(health: &ProxyHealth, metrics: &Metrics, path: &str, now: Timestamp) -> Response {
+    let (which, (status, body)) = match path {
+        "/healthz" => (HealthPath::Healthz, health.status(now)),
+        "/livez" => (HealthPath::Livez, health.livez_status(now)),
         _ => return Response::not_found(),
     };
+    metrics.health_answered(which, status);
     Response::new(status, JSON, body)
 }
 
-/// Serves `/healthz` and `/livez` (see [`ProxyHealth::status`]) on `listener`, forever.
-pub async fn serve_health(listener: TcpListener, health: Arc<ProxyHealth>) {
+/// Serves `/healthz` and `/livez` (see [`ProxyHealth::status`]) on `listener`, forever,
+/// counting the answers in `metrics`.
+pub async fn serve_health(listener: TcpListener, health: Arc<ProxyHealth>, metrics: Arc<Metrics>) {
     serve(listener, "proxy health", move |path| {
-        health_route(&health, path, Timestamp::now())
+        health_route(&health, &metrics, path, Timestamp::now())
     })
     .await
 }
@@ -346,7 +348,8 @@ mod tests {
     #[tokio::test]
     async fn health_server_routes() {
         let health = ProxyHealth::new(Duration::from_secs(60));
-        let route = |path: &str| health_route(&health, path, Timestamp::now());
+        let metrics = Metrics::new();
+        let route = |path: &str| health_route(&health, &metrics, path, Timestamp::now());
 
         let answer = exchange(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", route).await;
         assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
@@ -380,6 +383,15 @@ mod tests {
         // Bare LF line ends are accepted.
         let answer = exchange(b"GET /livez HTTP/1.1\nHost: x\n\n", route).await;
         assert_eq!(status_line(&answer), "HTTP/1.1 200 OK");
+        // Every answer of either endpoint was counted, by status.
+        let text = metrics.render();
+        for counted in [
+            "kubeproxy_proxy_healthz_total{code=\"200\"} 1",
+            "kubeproxy_proxy_healthz_total{code=\"503\"} 1",
+            "kubeproxy_proxy_livez_total{code=\"200\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == counted), "{counted}:\n{text}");
+        }
 
         let mut huge = b"GET /livez HTTP/1.1\r\nX: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));

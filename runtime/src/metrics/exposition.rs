@@ -95,21 +95,40 @@ pub(super) fn gauges(out: &mut String, name: &str, help: &str, samples: &[(Label
 
 /// Counters are floats too: CPU seconds are.
 pub(super) fn counter(out: &mut String, name: &str, help: &str, value: f64) {
+    counters(out, name, help, &[(&[], value)]);
+}
+
+/// A counter family with one sample per label set.
+pub(super) fn counters(out: &mut String, name: &str, help: &str, samples: &[(Labels, f64)]) {
     header(out, name, help, "counter");
-    sample(out, name, &[], value);
+    for (labels, value) in samples {
+        sample(out, name, labels, *value);
+    }
 }
 
 pub(super) fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    histograms(out, name, help, &[(&[], h)]);
+}
+
+/// A histogram family with one histogram per label set.
+pub(super) fn histograms(out: &mut String, name: &str, help: &str, all: &[(Labels, &Histogram)]) {
     header(out, name, help, "histogram");
-    let mut cumulative = 0;
     let bucket = format!("{name}_bucket");
-    for (bound, count) in h.bounds.iter().zip(&h.counts) {
-        cumulative += count;
-        sample(out, &bucket, &[("le", &number(*bound))], cumulative as f64);
+    for (labels, h) in all {
+        let with_le = |le: &str| {
+            let mut l = labels.to_vec();
+            l.push(("le", le));
+            label_set(&l)
+        };
+        let mut cumulative = 0;
+        for (bound, count) in h.bounds.iter().zip(&h.counts) {
+            cumulative += count;
+            let _ = writeln!(out, "{bucket}{} {cumulative}", with_le(&number(*bound)));
+        }
+        let _ = writeln!(out, "{bucket}{} {}", with_le("+Inf"), h.count);
+        sample(out, &format!("{name}_sum"), labels, h.sum);
+        sample(out, &format!("{name}_count"), labels, h.count as f64);
     }
-    sample(out, &bucket, &[("le", "+Inf")], h.count as f64);
-    sample(out, &format!("{name}_sum"), &[], h.sum);
-    sample(out, &format!("{name}_count"), &[], h.count as f64);
 }
 
 #[cfg(test)]
