@@ -3,6 +3,7 @@
 //! metrics servers and the health-check NodePorts run on a small tokio runtime. SIGTERM stops
 //! it and leaves the rules in place, for the next agent to take over without a gap.
 
+use crate::cluster::RequestMetrics;
 use crate::health::{serve_health, serve_metrics, ProxyHealth, ServiceHealth};
 use crate::metrics::Metrics;
 use crate::syncer::{run_loop, Observers, Source, Syncer};
@@ -75,7 +76,10 @@ impl Agent {
                 // The client spawns its request buffer on the runtime it is built in.
                 let client = {
                     let _runtime = runtime.enter();
-                    kube::Client::try_from(config).map_err(|e| format!("API client: {e}"))?
+                    let builder = kube::client::ClientBuilder::try_from(config)
+                        .map_err(|e| format!("API client: {e}"))?;
+                    let measured = RequestMetrics(observers.metrics.clone());
+                    builder.with_layer(&measured).build()
                 };
                 let watch = crate::cluster::watch::run(
                     client,

@@ -62,6 +62,9 @@ struct Values {
     /// Per family (IPv4, IPv6): passes of the UDP conntrack cleanup, and entries it deleted.
     conntrack_passes: [Histogram; 2],
     conntrack_deleted_by_family: [u64; 2],
+    /// API requests (cluster mode): by (code, method, host), and their latency by (verb, host).
+    rest_requests: BTreeMap<(String, String, String), u64>,
+    rest_latency: BTreeMap<(String, String), Histogram>,
     /// Health answers served, by endpoint (`healthz`, `livez`) and HTTP status.
     health_answers: BTreeMap<(HealthPath, u16), u64>,
     rejected_now: f64,
@@ -70,6 +73,11 @@ struct Values {
     /// Objects changed and not yet synced: Services, endpoints.
     changes_pending: [f64; 2],
 }
+
+/// client-go's buckets for `rest_client_request_duration_seconds`.
+const REST_LATENCY_BUCKETS: [f64; 12] = [
+    0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0,
+];
 
 /// The two health endpoints whose answers are counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -114,6 +122,8 @@ impl Metrics {
                 conntrack_passes: [0; 2].map(|_| Histogram::new(sync_duration_buckets())),
                 conntrack_deleted_by_family: [0; 2],
                 health_answers: BTreeMap::new(),
+                rest_requests: BTreeMap::new(),
+                rest_latency: BTreeMap::new(),
                 rejected_now: 0.0,
                 no_local_endpoints: [0.0; 2],
                 changes_pending: [0.0; 2],
@@ -150,6 +160,19 @@ impl Metrics {
     /// `kubeproxy_proxy_livez_total{code}`).
     pub fn health_answered(&self, path: HealthPath, code: u16) {
         *self.lock().health_answers.entry((path, code)).or_default() += 1;
+    }
+
+    /// One API request: its status (`<error>` without a response), method and host, and how
+    /// long until its response (`rest_client_requests_total{code,host,method}`,
+    /// `rest_client_request_duration_seconds{host,verb}`, as client-go has them).
+    pub fn rest_request(&self, code: &str, method: &str, host: &str, seconds: f64) {
+        let mut v = self.lock();
+        let key = (code.to_string(), method.to_string(), host.to_string());
+        *v.rest_requests.entry(key).or_default() += 1;
+        let latency = v.rest_latency.entry((method.to_string(), host.to_string()));
+        latency
+            .or_insert_with(|| Histogram::new(REST_LATENCY_BUCKETS.to_vec()))
+            .observe(seconds);
     }
 
     /// A repair of what another process changed in the table
@@ -399,6 +422,9 @@ impl Metrics {
                 .filter(|((p, _), _)| *p == path)
                 .map(|((_, code), n)| (code.to_string(), *n as f64))
                 .collect();
+            if codes.is_empty() {
+                continue; // no answer yet: a family without samples
+            }
             let labels: Vec<[(&str, &str); 1]> =
                 codes.iter().map(|(c, _)| [("code", c.as_str())]).collect();
             let samples: Vec<_> = labels
@@ -408,6 +434,7 @@ impl Metrics {
                 .collect();
             counters(&mut out, name, help, &samples);
         }
+        render_rest(&mut out, &v);
         counter(
             &mut out,
             "svcnft_foreign_changes_repaired_total",
@@ -421,6 +448,37 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The API client's families; none outside cluster mode (no request was made).
+fn render_rest(out: &mut String, v: &Values) {
+    if v.rest_requests.is_empty() {
+        return;
+    }
+    let labels: Vec<[(&str, &str); 3]> = v
+        .rest_requests
+        .keys()
+        .map(|(code, method, host)| [("code", code.as_str()), ("host", host), ("method", method)])
+        .collect();
+    let samples: Vec<_> = labels
+        .iter()
+        .zip(v.rest_requests.values())
+        .map(|(l, n)| (&l[..], *n as f64))
+        .collect();
+    let help = "Number of HTTP requests, partitioned by status code, method, and host.";
+    counters(out, "rest_client_requests_total", help, &samples);
+    let labels: Vec<[(&str, &str); 2]> = v
+        .rest_latency
+        .keys()
+        .map(|(verb, host)| [("host", host.as_str()), ("verb", verb.as_str())])
+        .collect();
+    let all: Vec<_> = labels
+        .iter()
+        .zip(v.rest_latency.values())
+        .map(|(l, h)| (&l[..], h))
+        .collect();
+    let help = "Request latency in seconds. Broken down by verb, and host.";
+    histograms(out, "rest_client_request_duration_seconds", help, &all);
 }
 
 #[cfg(test)]
@@ -573,6 +631,28 @@ mod tests {
     }
 
     #[test]
+    fn api_requests_are_counted_as_client_go_does() {
+        let m = Metrics::new();
+        assert!(
+            !m.render().contains("rest_client"),
+            "none outside cluster mode"
+        );
+        m.rest_request("200", "GET", "10.0.0.1:6443", 0.02);
+        m.rest_request("200", "GET", "10.0.0.1:6443", 0.3);
+        m.rest_request("<error>", "GET", "10.0.0.1:6443", 1.0);
+        let text = m.render();
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            "rest_client_requests_total{code=\"200\",host=\"10.0.0.1:6443\",method=\"GET\"} 2",
+            "rest_client_requests_total{code=\"<error>\",host=\"10.0.0.1:6443\",method=\"GET\"} 1",
+            "rest_client_request_duration_seconds_bucket{host=\"10.0.0.1:6443\",verb=\"GET\",le=\"0.025\"} 1",
+            "rest_client_request_duration_seconds_count{host=\"10.0.0.1:6443\",verb=\"GET\"} 3",
+        ] {
+            assert!(lines.contains(&expected), "{expected}:\n{text}");
+        }
+    }
+
+    #[test]
     fn foreign_repairs_are_counted() {
         let m = Metrics::new();
         m.foreign_repair();
@@ -705,7 +785,8 @@ mod tests {
             .collect();
         assert_eq!(helps, types);
         // Ours and kube-proxy's, and the six process metrics.
-        assert_eq!(helps.len(), 24 + 6);
+        // (Without the API client's and the health answers' families: none happened.)
+        assert_eq!(helps.len(), 22 + 6);
         let mut unique = helps.clone();
         unique.sort();
         unique.dedup();

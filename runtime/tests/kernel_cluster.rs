@@ -404,9 +404,15 @@ fn scrape(ns: &Netns) -> Option<prometheus_parse::Scrape> {
         .collect();
     let samples = text.lines().filter(|l| !l.starts_with('#')).count();
     let buckets = text.lines().filter(|l| l.contains("_bucket{")).count();
+    // One histogram sample per label set: per `_count` line.
+    let series = text.lines().filter(|l| {
+        histograms
+            .iter()
+            .any(|h| l.strip_prefix(*h).is_some_and(|r| r.starts_with("_count")))
+    });
     assert_eq!(
         scrape.samples.len(),
-        samples - buckets + histograms.len(),
+        samples - buckets + series.count(),
         "a sample line was not understood:\n{text}"
     );
     for (name, kind) in &typed {
@@ -508,6 +514,12 @@ fn metrics_parse_and_count_what_the_kernel_holds() {
     );
     assert!(value(&s, "process_resident_memory_bytes", ("", "")) > 1e6);
     assert!(value(&s, "process_cpu_seconds_total", ("", "")) > 0.0);
+    // The agent's requests to the API server (lists and watches), as client-go counts them.
+    assert!(value(&s, "rest_client_requests_total", ("code", "200")) >= 1.0);
+    let get = s.samples.iter().find(|x| x.metric == "rest_client_requests_total");
+    let get = get.expect("rest_client_requests_total");
+    assert_eq!(get.labels.get("method"), Some("GET"), "{:?}", get.labels);
+    assert!(s.samples.iter().any(|x| x.metric == "rest_client_request_duration_seconds"));
     let fds = value(&s, "process_open_fds", ("", ""));
     assert!(fds >= 3.0 && fds <= value(&s, "process_max_fds", ("", "")));
 }

@@ -1,7 +1,10 @@
 //! `svc-nft run` in a cluster: Services, EndpointSlices, ServiceCIDRs and this node's Node
 //! object from the API server, compiled per Service and applied by the engine.
 
+mod rest_metrics;
 pub mod watch;
+
+pub use rest_metrics::RequestMetrics;
 
 /// One kind of request the agent makes to the API server. `deploy/` grants exactly these
 /// (a test checks the ClusterRole against this list).
