@@ -430,9 +430,10 @@ fn local_policy_ports_without_local_endpoints_are_counted() {
         state.no_local_endpoints()
     }
     let mut state = Incremental::new(&node);
+    // An IPv4 Service: counted under IPv4 only.
     let both = |n| NoLocalEndpoints {
-        internal: n,
-        external: n,
+        internal: [n, 0],
+        external: [n, 0],
     };
     // Both ports, for both policies, while the only endpoint is elsewhere.
     assert_eq!(counts(&mut state, &objects("node-b")), both(2));

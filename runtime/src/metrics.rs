@@ -69,7 +69,8 @@ struct Values {
     health_answers: BTreeMap<(HealthPath, u16), u64>,
     rejected_now: f64,
     /// Local-policy Service ports without a local endpoint: internal, external.
-    no_local_endpoints: [f64; 2],
+    /// Internal, external; per family.
+    no_local_endpoints: [[f64; 2]; 2],
     /// Objects changed and not yet synced: Services, endpoints.
     changes_pending: [f64; 2],
 }
@@ -125,7 +126,7 @@ impl Metrics {
                 rest_requests: BTreeMap::new(),
                 rest_latency: BTreeMap::new(),
                 rejected_now: 0.0,
-                no_local_endpoints: [0.0; 2],
+                no_local_endpoints: [[0.0; 2]; 2],
                 changes_pending: [0.0; 2],
             }),
         }
@@ -244,8 +245,9 @@ impl Metrics {
 
     /// Service ports whose Local traffic policy finds no local endpoint, after a sync
     /// (`kubeproxy_sync_proxy_rules_no_local_endpoints_total`, a gauge despite its name).
-    pub fn no_local_endpoints(&self, internal: usize, external: usize) {
-        self.lock().no_local_endpoints = [internal as f64, external as f64];
+    /// Per family (IPv4, IPv6).
+    pub fn no_local_endpoints(&self, internal: [usize; 2], external: [usize; 2]) {
+        self.lock().no_local_endpoints = [internal, external].map(|n| n.map(|n| n as f64));
     }
 
     /// Services and endpoints objects changed and not yet programmed
@@ -260,31 +262,33 @@ impl Metrics {
         let v = self.lock().clone();
         let mut out = String::with_capacity(8192);
 
-        histogram(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds",
-            &v.sync_duration,
-        );
-        histogram(
-            &mut out,
-            "kubeproxy_sync_full_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds for full resyncs",
-            &v.sync_full_duration,
-        );
-        histogram(
-            &mut out,
-            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds for partial resyncs",
-            &v.sync_partial_duration,
-        );
-        histogram(
-            &mut out,
-            "kubeproxy_network_programming_duration_seconds",
-            "In Cluster Network Programming Latency in seconds",
-            &v.network_programming,
-        );
-
+        // kube-proxy labels these by ip_family, one proxier per family; svc-nft's one sync
+        // programs both families at once, so they carry no ip_family (a series per family
+        // would repeat the same observations).
+        for (name, help, h) in [
+            (
+                "kubeproxy_sync_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds",
+                &v.sync_duration,
+            ),
+            (
+                "kubeproxy_sync_full_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for full resyncs",
+                &v.sync_full_duration,
+            ),
+            (
+                "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for partial resyncs",
+                &v.sync_partial_duration,
+            ),
+            (
+                "kubeproxy_network_programming_duration_seconds",
+                "In Cluster Network Programming Latency in seconds",
+                &v.network_programming,
+            ),
+        ] {
+            histogram(&mut out, name, help, h);
+        }
         gauge(
             &mut out,
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
@@ -327,14 +331,21 @@ impl Metrics {
             "Objects rejected as invalid now (their last accepted version stays in force)",
             v.rejected_now,
         );
-        let [internal, external] = v.no_local_endpoints;
+        let [[internal_v4, internal_v6], [external_v4, external_v6]] = v.no_local_endpoints;
+        let (v4, v6) = (("ip_family", "IPv4"), ("ip_family", "IPv6"));
+        let (internal, external) = (
+            ("traffic_policy", "internal"),
+            ("traffic_policy", "external"),
+        );
         gauges(
             &mut out,
             "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
             "Number of services with a Local traffic policy and no endpoints",
             &[
-                (&[("traffic_policy", "internal")], internal),
-                (&[("traffic_policy", "external")], external),
+                (&[v4, internal], internal_v4),
+                (&[v4, external], external_v4),
+                (&[v6, internal], internal_v6),
+                (&[v6, external], external_v6),
             ],
         );
         let [services, endpoints] = v.changes_pending;
@@ -688,7 +699,7 @@ mod tests {
         m.table_size(100, 20, 200); // gauges are replaced, not added
         m.services(12);
         m.queued(1_700_000_000.25);
-        m.no_local_endpoints(3, 1);
+        m.no_local_endpoints([3, 0], [1, 0]);
         m.changes_pending(2, 5);
         let text = m.render();
 
@@ -698,8 +709,10 @@ mod tests {
                 "# HELP kubeproxy_sync_proxy_rules_no_local_endpoints_total Number of services \
                  with a Local traffic policy and no endpoints",
                 "# TYPE kubeproxy_sync_proxy_rules_no_local_endpoints_total gauge",
-                "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"} 3",
-                "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 1",
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"internal\"} 3",
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"external\"} 1",
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv6\",traffic_policy=\"internal\"} 0",
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv6\",traffic_policy=\"external\"} 0",
             ]
         );
 

@@ -516,10 +516,16 @@ fn metrics_parse_and_count_what_the_kernel_holds() {
     assert!(value(&s, "process_cpu_seconds_total", ("", "")) > 0.0);
     // The agent's requests to the API server (lists and watches), as client-go counts them.
     assert!(value(&s, "rest_client_requests_total", ("code", "200")) >= 1.0);
-    let get = s.samples.iter().find(|x| x.metric == "rest_client_requests_total");
+    let get = s
+        .samples
+        .iter()
+        .find(|x| x.metric == "rest_client_requests_total");
     let get = get.expect("rest_client_requests_total");
     assert_eq!(get.labels.get("method"), Some("GET"), "{:?}", get.labels);
-    assert!(s.samples.iter().any(|x| x.metric == "rest_client_request_duration_seconds"));
+    assert!(s
+        .samples
+        .iter()
+        .any(|x| x.metric == "rest_client_request_duration_seconds"));
     let fds = value(&s, "process_open_fds", ("", ""));
     assert!(fds >= 3.0 && fds <= value(&s, "process_max_fds", ("", "")));
 }

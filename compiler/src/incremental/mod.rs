@@ -185,11 +185,12 @@ pub struct HealthCheck {
 /// cluster IP family as its per-family proxiers do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NoLocalEndpoints {
-    /// `internalTrafficPolicy: Local`: cluster IP traffic dropped.
-    pub internal: usize,
-    /// `externalTrafficPolicy: Local`, on ports with external frontends: traffic from
-    /// outside the cluster dropped.
-    pub external: usize,
+    /// Per family (IPv4, IPv6) of the Service port: `internalTrafficPolicy: Local`, cluster IP
+    /// traffic dropped.
+    pub internal: [usize; 2],
+    /// Per family: `externalTrafficPolicy: Local`, on ports with external frontends, traffic
+    /// from outside the cluster dropped.
+    pub external: [usize; 2],
 }
 
 impl NoLocalEndpoints {
@@ -199,21 +200,26 @@ impl NoLocalEndpoints {
             .filter(|p| p.endpoints.any && p.endpoints.local.is_empty());
         let mut counts = NoLocalEndpoints::default();
         for p in starved {
-            counts.internal += usize::from(p.internal_local);
+            let f = usize::from(p.cluster_ip.addr.is_ipv6());
+            counts.internal[f] += usize::from(p.internal_local);
             let outside = !p.external.is_empty() || !p.load_balancers.is_empty();
-            counts.external += usize::from(p.external_local && outside);
+            counts.external[f] += usize::from(p.external_local && outside);
         }
         counts
     }
 
     fn add(&mut self, other: NoLocalEndpoints) {
-        self.internal += other.internal;
-        self.external += other.external;
+        for f in 0..2 {
+            self.internal[f] += other.internal[f];
+            self.external[f] += other.external[f];
+        }
     }
 
     fn subtract(&mut self, other: NoLocalEndpoints) {
-        self.internal -= other.internal;
-        self.external -= other.external;
+        for f in 0..2 {
+            self.internal[f] -= other.internal[f];
+            self.external[f] -= other.external[f];
+        }
     }
 }
 
