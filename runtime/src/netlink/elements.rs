@@ -24,6 +24,15 @@ const NFTA_VERDICT_CHAIN: u16 = 2;
 /// Attribute lengths are 16 bits: keep each message's element list well below.
 const MAX_ELEMENTS_BYTES: usize = 48 * 1024;
 
+/// What deleting an element a set does not hold does to the batch.
+#[derive(Clone, Copy)]
+pub(super) enum Missing {
+    /// Fails it (DELSETELEM).
+    Error,
+    /// Nothing (DESTROYSETELEM, Linux 6.3).
+    Ignored,
+}
+
 impl Batch {
     /// Add elements to a plain set or map (see [`plain`]).
     pub fn add_elements<'e>(
@@ -37,27 +46,21 @@ impl Batch {
         self.elements(socket, NFT_MSG_NEWSETELEM, NLM_F_CREATE, table, set, elems);
     }
 
+    /// Delete elements of a set; with [`Missing::Ignored`], those it no longer holds (an
+    /// entry that expired) are no error.
     pub(super) fn delete_elements<'e>(
         &mut self,
         socket: &mut Socket,
-        table: &str,
-        set: &str,
+        (table, set): (&str, &str),
         keys: impl Iterator<Item = &'e Key>,
+        missing: Missing,
     ) {
+        let kind = match missing {
+            Missing::Error => NFT_MSG_DELSETELEM,
+            Missing::Ignored => NFT_MSG_DESTROYSETELEM,
+        };
         let elems = keys.map(|k| (k, None));
-        self.elements(socket, NFT_MSG_DELSETELEM, 0, table, set, elems);
-    }
-
-    /// Delete elements of a set, those it no longer holds (an entry that expired) included.
-    pub(super) fn destroy_elements<'e>(
-        &mut self,
-        socket: &mut Socket,
-        table: &str,
-        set: &str,
-        keys: impl Iterator<Item = &'e Key>,
-    ) {
-        let elems = keys.map(|k| (k, None));
-        self.elements(socket, NFT_MSG_DESTROYSETELEM, 0, table, set, elems);
+        self.elements(socket, kind, 0, table, set, elems);
     }
 
     /// Element messages for one set: as many elements per message as fit in its 16-bit

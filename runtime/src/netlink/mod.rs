@@ -102,45 +102,58 @@ fn last_error(what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
+/// A `NETLINK_NETFILTER` socket, bound (the kernel picks its port id); closed on error.
+fn bound_socket() -> io::Result<libc::c_int> {
+    // SAFETY: socket(2)/bind(2)/close(2) on a descriptor this function owns until it returns it.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        );
+        if fd < 0 {
+            return Err(last_error("netlink socket"));
+        }
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        let p = &addr as *const libc::sockaddr_nl as *const libc::sockaddr;
+        if libc::bind(fd, p, std::mem::size_of::<libc::sockaddr_nl>() as u32) < 0 {
+            let e = last_error("netlink bind");
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(fd)
+    }
+}
+
+/// `setsockopt(2)` of an int option; whether it took.
+fn set_int_option(
+    fd: libc::c_int,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> bool {
+    let size = std::mem::size_of_val(&value) as u32;
+    let value = &value as *const libc::c_int as *const libc::c_void;
+    // SAFETY: setsockopt(2) with a pointer to a live int and its size.
+    unsafe { libc::setsockopt(fd, level, opt, value, size) == 0 }
+}
+
 impl Socket {
     pub fn open() -> io::Result<Socket> {
-        // SAFETY: plain socket(2)/setsockopt(2)/bind(2) calls on a descriptor we own.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            );
-            if fd < 0 {
-                return Err(last_error("netlink socket"));
-            }
-            let mut socket = Socket {
-                fd,
-                seq: 1,
-                sndbuf: BUFFER_BYTES,
-            };
-            // Large batches and their acknowledgements must fit the socket buffers.
-            for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
-                socket.set_buffer(opt, BUFFER_BYTES);
-            }
-            // Errors carry only the failed message's header, not the whole (up to 48 KiB)
-            // message: a batch whose every message fails must not flood the receive buffer.
-            let one: libc::c_int = 1;
-            libc::setsockopt(
-                fd,
-                SOL_NETLINK,
-                NETLINK_CAP_ACK,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of_val(&one) as u32,
-            );
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as u16;
-            let p = &addr as *const libc::sockaddr_nl as *const libc::sockaddr;
-            if libc::bind(fd, p, std::mem::size_of::<libc::sockaddr_nl>() as u32) < 0 {
-                return Err(last_error("netlink bind"));
-            }
-            Ok(socket)
+        let mut socket = Socket {
+            fd: bound_socket()?,
+            seq: 1,
+            sndbuf: BUFFER_BYTES,
+        };
+        // Large batches and their acknowledgements must fit the socket buffers.
+        for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
+            socket.set_buffer(opt, BUFFER_BYTES);
         }
+        // Errors carry only the failed message's header, not the whole (up to 48 KiB)
+        // message: a batch whose every message fails must not flood the receive buffer.
+        set_int_option(socket.fd, SOL_NETLINK, NETLINK_CAP_ACK, 1);
+        Ok(socket)
     }
 
     /// Send the commands as one transaction on table `inet <table>` (svc-nft's tables are all
@@ -154,7 +167,8 @@ impl Socket {
                     batch.add_elements(self, table, set, elems.iter().map(|(k, e)| (k, e)))
                 }
                 Op::DeleteElements(set, keys) => {
-                    batch.delete_elements(self, table, set, keys.iter())
+                    let strict = elements::Missing::Error;
+                    batch.delete_elements(self, (table, set), keys.iter(), strict)
                 }
                 Op::AddChain(chain) => batch.add_chain(self, table, chain),
                 Op::DeleteChain(chain) => batch.delete_chain(self, table, chain),

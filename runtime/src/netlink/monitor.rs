@@ -4,13 +4,12 @@
 //! read and grouped per transaction, so that the agent can tell its own commits to its table
 //! from anyone else's.
 
-use super::{attrs, cstr_text, last_error, NFNL_SUBSYS_NFTABLES};
+use super::{attrs, bound_socket, cstr_text, last_error, set_int_option, NFNL_SUBSYS_NFTABLES};
 use std::io;
 
 const NFNLGRP_NFTABLES: libc::c_int = 7;
 const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
 const SOL_NETLINK: libc::c_int = 270;
-const NETLINK_NETFILTER: libc::c_int = 12;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFTA_GEN_PROC_PID: u16 = 2;
 const NFTA_GEN_PROC_NAME: u16 = 3;
@@ -51,43 +50,17 @@ impl Drop for Monitor {
 
 impl Monitor {
     pub fn open() -> io::Result<Monitor> {
-        // SAFETY: socket(2)/setsockopt(2)/bind(2) on a descriptor this function owns.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            );
-            if fd < 0 {
-                return Err(last_error("netlink monitor socket"));
-            }
-            let monitor = Monitor {
-                fd,
-                pending: Vec::new(),
-            };
-            let size = libc::c_int::try_from(RECEIVE_BYTES).unwrap_or(libc::c_int::MAX);
-            let int = std::mem::size_of::<libc::c_int>() as u32;
-            let set = |level, opt, value: &libc::c_int| {
-                libc::setsockopt(
-                    fd,
-                    level,
-                    opt,
-                    value as *const _ as *const libc::c_void,
-                    int,
-                )
-            };
-            set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size);
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as u16;
-            let p = &addr as *const libc::sockaddr_nl as *const libc::sockaddr;
-            if libc::bind(fd, p, std::mem::size_of::<libc::sockaddr_nl>() as u32) < 0 {
-                return Err(last_error("netlink monitor bind"));
-            }
-            if set(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &NFNLGRP_NFTABLES) < 0 {
-                return Err(last_error("netlink monitor subscribe"));
-            }
-            Ok(monitor)
+        let monitor = Monitor {
+            fd: bound_socket()?,
+            pending: Vec::new(),
+        };
+        let size = libc::c_int::try_from(RECEIVE_BYTES).unwrap_or(libc::c_int::MAX);
+        set_int_option(monitor.fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size);
+        let group = NFNLGRP_NFTABLES;
+        if !set_int_option(monitor.fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group) {
+            return Err(last_error("netlink monitor subscribe"));
         }
+        Ok(monitor)
     }
 
     /// Wait (at most `timeout`; `None`: for ever) for the next committed transactions.

@@ -4,6 +4,7 @@
 //! that expired between the dump and the batch is no error — and to carry the others over a
 //! full replace.
 
+use super::elements::Missing;
 use super::{Batch, Socket};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -105,7 +106,7 @@ impl Socket {
         if count > 0 {
             let mut batch = Batch::new(self);
             for (set, keys) in &doomed {
-                batch.destroy_elements(self, table, set, keys.iter());
+                batch.delete_elements(self, (table, set), keys.iter(), Missing::Ignored);
             }
             batch.commit(self)?;
         }
