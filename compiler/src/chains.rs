@@ -208,8 +208,15 @@ fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> Chain {
                 let to_cluster_ip = Stmt::matches(f.daddr(), Expr::SetRef(f.name("cluster-ips")));
                 rules.push(rule(vec![to_cluster_ip, set_mark()]));
             } else if has_cluster_cidr {
-                let off_cluster = Stmt::differs(f.saddr(), Expr::SetRef(f.name("cluster-cidrs")));
-                rules.push(rule(vec![off_cluster, set_mark()]));
+                // Compared with constants, not looked up in a set: a full replace deletes the
+                // old table's sets, and a packet its old chain still holds would find the
+                // cluster CIDRs gone, be marked, and be masqueraded by the new table.
+                let mut off_cluster: Vec<Stmt> = f
+                    .prefixes(&node.cluster_cidrs)
+                    .map(|net| Stmt::differs(f.saddr(), Expr::Value(net)))
+                    .collect();
+                off_cluster.push(set_mark());
+                rules.push(rule(off_cluster));
             }
             rules.extend(dnat(f, proto, local, n, nodeport));
         }
@@ -223,8 +230,8 @@ fn pick_chain(node: &NodeFacts, f: Ipf, proto: L4Proto, pick: Pick) -> Chain {
             nodeport,
         } => {
             let all = Pick::short_circuit(cluster, nodeport).name(f, proto);
-            if f.prefixes(&node.cluster_cidrs).next().is_some() {
-                let from_pod = Stmt::matches(f.saddr(), Expr::SetRef(f.name("cluster-cidrs")));
+            for net in f.prefixes(&node.cluster_cidrs) {
+                let from_pod = Stmt::matches(f.saddr(), Expr::Value(net));
                 rules.push(
                     rule(vec![from_pod, goto(&all)]).with_comment("pod traffic: all endpoints"),
                 );

@@ -155,7 +155,6 @@ fn add_family_sets(table: &mut Table, node: &NodeFacts, f: Ipf) {
     let sets = [
         ("cluster-ips", Set::keys(TypeSpec::Type(vec![addr]))),
         ("service-cidrs", intervals(&node.service_cidrs)),
-        ("cluster-cidrs", intervals(&node.cluster_cidrs)),
         ("hairpin", Set::keys(TypeSpec::Type(vec![addr, addr]))),
         (
             "service-ports",

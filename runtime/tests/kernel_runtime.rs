@@ -171,12 +171,18 @@ fn restarting_the_agent_never_breaks_connections() {
     let stop = AtomicBool::new(false);
     let ok = AtomicUsize::new(0);
     let failed = std::thread::scope(|scope| {
-        // A client opening one connection after another, all through the restarts.
-        let client = scope.spawn(|| {
+        // A pod client opening one connection after another, all through the restarts: each
+        // answered, and with its own address (a packet caught in a replace once came out
+        // masqueraded, when the old chain's cluster-CIDR set was already gone).
+        let pod: std::net::IpAddr = "10.244.9.2".parse().unwrap();
+        let (stop, ok) = (&stop, &ok);
+        let client = scope.spawn(move || {
             let mut failed = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 match connect() {
-                    Outcome::Answered { .. } => _ = ok.fetch_add(1, Ordering::Relaxed),
+                    Outcome::Answered { peer, .. } if peer == pod => {
+                        _ = ok.fetch_add(1, Ordering::Relaxed)
+                    }
                     other => failed.push(other),
                 }
             }
