@@ -183,11 +183,7 @@ impl Engine {
         self.in_sync = false;
         // A table not in the kernel yet is loaded cold (see `crate::cold`): nft only for its
         // skeleton, the elements over netlink. One in the kernel is replaced through nft.
-        let socket = match &mut self.socket {
-            Some(socket) => Ok(socket),
-            empty => netlink::Socket::open().map(|s| empty.insert(s)),
-        };
-        let cold = match socket {
+        let cold = match self.netlink() {
             Ok(socket) => crate::cold::load(socket, desired),
             Err(e) => {
                 tracing::warn!("no netlink socket for a cold load: {e}");
@@ -327,11 +323,10 @@ impl Engine {
         if stale.is_empty() {
             return;
         }
-        let socket = match &mut self.socket {
-            Some(socket) => Ok(socket),
-            empty => netlink::Socket::open().map(|s| empty.insert(s)),
-        };
-        match socket.and_then(|s| s.clear_stale_pins(table, stale)) {
+        match self
+            .netlink()
+            .and_then(|s| s.clear_stale_pins(table, stale))
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!("deleted {n} stale session-affinity entries"),
             Err(e) => tracing::warn!("could not delete stale session-affinity entries: {e}"),
@@ -351,11 +346,15 @@ impl Engine {
 
     /// Send commands over the persistent netlink socket as one batch; returns its size.
     fn send_batch(&mut self, table: &str, ops: &[netlink::Op]) -> std::io::Result<usize> {
-        let socket = match &mut self.socket {
-            Some(socket) => socket,
-            empty => empty.insert(netlink::Socket::open()?),
-        };
-        socket.apply(table, ops)
+        self.netlink()?.apply(table, ops)
+    }
+
+    /// The persistent netlink socket, opened on first use.
+    fn netlink(&mut self) -> std::io::Result<&mut netlink::Socket> {
+        match &mut self.socket {
+            Some(socket) => Ok(socket),
+            empty => netlink::Socket::open().map(|s| empty.insert(s)),
+        }
     }
 }
 
